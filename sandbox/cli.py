@@ -1,0 +1,374 @@
+"""The `sandbox` command: parses options, calls the library, prints. No logic lives only here."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sandbox.competition import Events, RunOptions, rebuild_report, run_competition
+from sandbox.errors import SandboxError
+from sandbox.plan import parse_epsilons
+from sandbox.runtime.base import Limits
+from sandbox.store import PieceRecord
+
+console = Console(stderr=True)
+out_console = Console()
+_SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+
+
+def _size(ctx, param, value: str | None) -> str | None:
+    if value is not None and not _SIZE.match(value):
+        raise click.BadParameter(f"'{value}': use a size like 512m or 4g")
+    return value
+
+
+def _epsilons(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        return parse_epsilons(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+class RichEvents(Events):
+    """Live progress with ETA, one line per failed piece with the tail of its stderr."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+
+    def message(self, text: str) -> None:
+        console.print(f"[dim]{text}[/dim]", highlight=False)
+
+    def warning(self, text: str) -> None:
+        console.print(f"[yellow]warning:[/yellow] {text}", highlight=False, soft_wrap=True)
+
+    def phase(self, name: str, total: int, already_done: int) -> None:
+        self.close()
+        if already_done:
+            self.message(f"{name}: {already_done} of {total} pieces already done in this run folder")
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(name, total=total, completed=already_done)
+
+    def piece_done(self, record: PieceRecord) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+        if record.status != "ok":
+            reason = record.error or (
+                f"timed out after {record.time_limit_s:g} s" if record.timed_out else f"exit code {record.exit_code}"
+            )
+            if record.oom_killed:
+                reason += " (out of memory)"
+            tail = (record.stderr_tail or record.stdout_tail).strip().splitlines()
+            last = f": {tail[-1][:200]}" if tail else ""
+            console.print(f"[red]failed[/red] {record.piece_id}: {reason}{last}", highlight=False, soft_wrap=True)
+        elif record.failed_images:
+            console.print(
+                f"[yellow]{record.piece_id}[/yellow]: {record.failed_images} of {record.n_images} images "
+                "missing or unreadable",
+                highlight=False,
+            )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _leaderboard(title: str, header: str, rows: list, normalised: dict[str, float]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column(header)
+    table.add_column("Score", justify="right")
+    table.add_column("Normalised", justify="right")
+    for rank, (name, score) in enumerate(rows, start=1):
+        table.add_row(str(rank), name, str(score), f"{normalised.get(name, 0.0):.3f}")
+    return table
+
+
+def print_leaderboards(results: dict) -> None:
+    rankings, normalised = results["rankings"], results["normalised_scores"]
+    out_console.print(_leaderboard("Defenses", "DefenseName", rankings["defense"], normalised["defense"]))
+    out_console.print(_leaderboard("Attacks", "AttackName", rankings["attack"], normalised["attack"]))
+    out_console.print(
+        _leaderboard("Targeted attacks", "AttackName", rankings["targeted_attack"], normalised["targeted_attack"])
+    )
+
+
+@click.group()
+@click.version_option(package_name="adversarial-sandbox")
+def main() -> None:
+    """Score adversarial attacks against defenses, each submission in its own locked-down container."""
+
+
+@main.command()
+@click.option(
+    "--attacks",
+    "attacks",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of attack submissions (repeatable). Default: the shipped samples.",
+)
+@click.option(
+    "--targeted-attacks",
+    "targeted_attacks",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of targeted attack submissions (repeatable).",
+)
+@click.option(
+    "--defenses",
+    "defenses",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder of defense submissions (repeatable).",
+)
+@click.option("--dataset", type=click.Path(path_type=Path), help="Data set folder. Default: shipped Fashion-MNIST 1k.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder; an existing one is resumed.")
+@click.option(
+    "--epsilon",
+    default="16",
+    show_default=True,
+    callback=_epsilons,
+    help="L-inf budget in pixel units, or a list used in turn per batch (4,8,12,16).",
+)
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1), help="Images per attack piece.")
+@click.option(
+    "--defense-batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Distinct images per defense piece.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Run seed; each piece gets SANDBOX_SEED from it.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Pieces run at once.")
+@click.option("--gpus", default=None, help="GPUs for the containers: 'all' or ids like 0,1 (one piece per GPU).")
+@click.option(
+    "--runtime",
+    "runtime_name",
+    type=click.Choice(["docker", "process"]),
+    default="docker",
+    show_default=True,
+    help="process runs submissions as local processes: no isolation.",
+)
+@click.option(
+    "--isolation",
+    type=click.Choice(["runc", "gvisor"]),
+    default="runc",
+    show_default=True,
+    help="gvisor runs containers under runsc, where installed.",
+)
+@click.option(
+    "--time-limit",
+    default=500.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds per 100 images of a piece; the container is killed at the limit.",
+)
+@click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory per container.")
+@click.option(
+    "--cpus",
+    default=None,
+    type=click.FloatRange(min=0.01),
+    help="CPUs per container. Default: the machine's cores divided by --jobs.",
+)
+@click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes per container.")
+@click.option(
+    "--output-size", default="512m", show_default=True, callback=_size, help="Size cap of a piece's output folder."
+)
+@click.option("--strict", is_flag=True, help="Exit 1 when a submission was left out or a piece failed.")
+@click.option("--no-build", is_flag=True, help="Do not build missing sandbox images; leave their submissions out.")
+def run(
+    attacks,
+    targeted_attacks,
+    defenses,
+    dataset,
+    out,
+    epsilon,
+    batch_size,
+    defense_batch_size,
+    seed,
+    jobs,
+    gpus,
+    runtime_name,
+    isolation,
+    time_limit,
+    memory,
+    cpus,
+    pids,
+    output_size,
+    strict,
+    no_build,
+) -> None:
+    """Run every attack on the data set and every defense on their images; write scores."""
+    cpus = cpus or float(max(1, (os.cpu_count() or 1) // jobs))
+    limits = Limits(time_per_100_images=time_limit, memory=memory, cpus=cpus, pids=pids, output_size=output_size)
+    options = RunOptions(
+        attacks=tuple(attacks) or None,
+        targeted_attacks=tuple(targeted_attacks) or None,
+        defenses=tuple(defenses) or None,
+        dataset=dataset,
+        out=out,
+        epsilon=epsilon,
+        batch_size=batch_size,
+        defense_batch_size=defense_batch_size,
+        seed=seed,
+        jobs=jobs,
+        gpus=gpus,
+        runtime=runtime_name,
+        isolation=isolation,
+        limits=limits,
+        build_images=not no_build,
+    )
+    from sandbox.competition import default_out_dir
+
+    if options.out is None:
+        options = RunOptions(**{**options.__dict__, "out": default_out_dir()})
+    console.print(
+        f"run folder: [bold]{options.out}[/bold]  (resume an interrupted run with --out {options.out})", highlight=False
+    )
+    console.print(
+        f"limits per piece: {time_limit:g} s per 100 images, memory {memory}, {cpus:g} CPUs, {pids} processes, "
+        f"output {output_size}, network none; epsilon {','.join(map(str, epsilon))}; jobs {jobs}; "
+        f"runtime {runtime_name}" + (f"/{isolation}" if runtime_name == "docker" else ""),
+        highlight=False,
+    )
+    events = RichEvents()
+    try:
+        result = run_competition(options, events)
+    except SandboxError as exc:
+        events.close()
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        events.close()
+        console.print(f"[red]interrupted[/red]: resume with --out {options.out}", highlight=False)
+        sys.exit(130)
+    events.close()
+    print_leaderboards(result.results)
+    problems = len(result.left_out) + sum(f["pieces_failed"] for f in result.results["failures"].values())
+    console.print(f"outputs: [bold]{result.out}[/bold] (results.json, NIPS 2017 score files)", highlight=False)
+    if problems:
+        console.print(
+            f"{len(result.left_out)} submissions left out, "
+            f"{problems - len(result.left_out)} pieces failed: see results.json",
+            highlight=False,
+        )
+    sys.exit(1 if strict and problems else 0)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    """Re-score a run folder from its stored results and rewrite its outputs."""
+    try:
+        results = rebuild_report(run_dir)
+    except SandboxError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    print_leaderboards(results)
+
+
+@main.group()
+def dataset() -> None:
+    """Build and check data sets."""
+
+
+@dataset.command("fashion-mnist")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--per-class", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--seed", default=2017, show_default=True, type=int)
+def dataset_fashion_mnist(out: Path, per_class: int, seed: int) -> None:
+    """Build the shipped Fashion-MNIST test data set from Debian's dataset-fashion-mnist."""
+    from sandbox.dataset import build_fashion_mnist
+    from sandbox.fashion_mnist import FashionMnistMissing
+
+    try:
+        path = build_fashion_mnist(out, per_class=per_class, seed=seed)
+    except (SandboxError, FashionMnistMissing) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    out_console.print(f"wrote {path}")
+
+
+@dataset.command("check")
+@click.argument("folder", type=click.Path(path_type=Path))
+def dataset_check(folder: Path) -> None:
+    """Check a data set folder (SPEC 3)."""
+    from sandbox.dataset import load_dataset
+
+    try:
+        ds = load_dataset(folder)
+    except SandboxError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    out_console.print(
+        f"{ds.root}: {len(ds.records)} images, {ds.size[0]}x{ds.size[1]} {ds.mode}, "
+        f"{ds.num_classes} classes ({ds.name})"
+    )
+
+
+@main.group()
+def images() -> None:
+    """Build the runtime images the samples use."""
+
+
+@images.command("build")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    type=click.Choice(["base", "torch-cpu", "tensorflow-cpu"]),
+    help="Image to build (repeatable). Default: all.",
+)
+@click.option(
+    "--base-image",
+    default="python:3.11-slim",
+    show_default=True,
+    help="Base image; when it cannot be pulled the default falls back to a debootstrapped bookworm.",
+)
+@click.option("--index-url", default=None, help="pip index for the wheel download.")
+@click.option("--extra-index-url", "extra_index_urls", multiple=True, help="Extra pip index (repeatable).")
+@click.option("--find-links", "find_links", multiple=True, help="pip find-links folder or URL (repeatable).")
+@click.option(
+    "--wheel-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Offline: a folder with one subfolder of wheels per target; nothing is downloaded.",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when the content hash label matches.")
+def images_build(targets, base_image, index_url, extra_index_urls, find_links, wheel_dir, force) -> None:
+    """Build the images (offline from wheels downloaded on the host)."""
+    from sandbox.images import TARGETS, WheelSource, build_images
+
+    source = WheelSource(index_url, tuple(extra_index_urls), tuple(find_links), wheel_dir)
+    try:
+        built = build_images(
+            tuple(targets) or TARGETS, base_image, source, force, log=lambda line: console.print(line, highlight=False)
+        )
+    except SandboxError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    for image in built:
+        state = "up to date" if image.skipped else f"built in {image.seconds:.1f} s"
+        out_console.print(f"{image.tag}: {state}")
+
+
+if __name__ == "__main__":
+    main()

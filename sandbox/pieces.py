@@ -1,0 +1,248 @@
+"""Running one work piece: plain data in, plain data out, so any executor (threads, a cluster) can call it.
+
+An attack piece feeds the batch's clean images under opaque names, runs the attack, then reads every output
+image safely, clips it to the epsilon ball and hashes it. A defense piece feeds distinct adversarial images
+under opaque names and parses `result.csv`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sandbox.dataset import DataSet
+from sandbox.outputs_read import clip_to_epsilon, decode_image, encode_png, parse_result_csv, pixel_hash
+from sandbox.plan import AttackPiece, DefensePiece
+from sandbox.runtime.base import ContainerJob, JobOutcome, Limits, Runtime
+from sandbox.store import AdversarialRecord, PieceRecord
+from sandbox.submission import Submission
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every piece of a run shares."""
+
+    run_id: str
+    run_dir: Path
+    secret: str  # keys the opaque file names; never leaves the host
+    limits: Limits
+    use_gpu: bool = False
+
+
+@dataclass
+class AttackPieceResult:
+    record: PieceRecord
+    images: list[AdversarialRecord]
+    pngs: dict[str, bytes] = field(default_factory=dict)  # sha256 -> PNG of the clipped image
+
+
+@dataclass
+class DefensePieceResult:
+    record: PieceRecord
+    labels: dict[str, int | None]  # sha256 -> label, None when missing or invalid
+
+
+def opaque_name(secret: str, piece_id: str, key: str) -> str:
+    """Stable across resumes (so seeded submissions give the same scores), unguessable without the secret."""
+    digest = hmac.new(secret.encode(), f"{piece_id}\0{key}".encode(), hashlib.sha256).hexdigest()
+    return f"{digest[:20]}.png"
+
+
+def _work_dir(ctx: RunContext, piece_id: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", piece_id)
+    path = ctx.run_dir / "work" / f"{slug}-{uuid.uuid4().hex[:8]}"
+    (path / "input").mkdir(parents=True)
+    path.chmod(0o755)
+    (path / "input").chmod(0o755)
+    return path
+
+
+def _environment(ctx: RunContext, seed: int) -> dict[str, str]:
+    threads = str(ctx.limits.threads())
+    return {
+        "SANDBOX_SEED": str(seed),
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _status(outcome: JobOutcome) -> str:
+    return "ok" if outcome.error is None and not outcome.timed_out and outcome.exit_code == 0 else "failed"
+
+
+def _piece_record(
+    piece_id: str,
+    kind: str,
+    submission_id: str,
+    n_images: int,
+    epsilon: int | None,
+    outcome: JobOutcome,
+    total_s: float,
+    time_limit_s: float,
+    failed_images: int,
+    clipped_pixels: int = 0,
+    bad_lines: int = 0,
+) -> PieceRecord:
+    return PieceRecord(
+        piece_id=piece_id,
+        kind=kind,
+        submission_id=submission_id,
+        status=_status(outcome),
+        n_images=n_images,
+        epsilon=epsilon,
+        exit_code=outcome.exit_code,
+        timed_out=outcome.timed_out,
+        oom_killed=outcome.oom_killed,
+        wall_s=round(outcome.wall_s, 3),
+        total_s=round(total_s, 3),
+        time_limit_s=time_limit_s,
+        failed_images=failed_images,
+        clipped_pixels=clipped_pixels,
+        bad_lines=bad_lines,
+        skipped_files=",".join(sorted(outcome.skipped_files))[:2000],
+        isolation=outcome.isolation,
+        error=outcome.error,
+        stdout_tail=outcome.stdout_tail,
+        stderr_tail=outcome.stderr_tail,
+    )
+
+
+def run_attack_piece(
+    piece: AttackPiece,
+    submission: Submission,
+    dataset: DataSet,
+    ctx: RunContext,
+    runtime: Runtime,
+    gpu: str | None = None,
+) -> AttackPieceResult:
+    started = time.monotonic()
+    work = _work_dir(ctx, piece.piece_id)
+    records = dataset.by_id()
+    try:
+        names: dict[str, str] = {}
+        clean: dict[str, np.ndarray] = {}
+        for image_id in piece.image_ids:
+            name = opaque_name(ctx.secret, piece.piece_id, image_id)
+            names[image_id] = name
+            clean[image_id] = dataset.load_pixels(image_id)
+            # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
+            (work / "input" / name).write_bytes(encode_png(clean[image_id]))
+        if piece.targeted:
+            lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in piece.image_ids)
+            (work / "input" / "target_class.csv").write_text(lines)
+        time_limit = ctx.limits.time_limit(len(piece.image_ids))
+        job = ContainerJob(
+            run_id=ctx.run_id,
+            piece_id=piece.piece_id,
+            image=submission.image(ctx.use_gpu and gpu is not None),
+            code_dir=str(submission.root),
+            entry_point=submission.metadata.entry_point,
+            input_dir=str(work / "input"),
+            output_mount="/output_images",
+            args=("{input}", "{output}", str(piece.epsilon)),
+            env=_environment(ctx, piece.seed),
+            time_limit_s=time_limit,
+            limits=ctx.limits,
+            gpus=gpu,
+        )
+        outcome = runtime.run(job)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    images, pngs = [], {}
+    failed = clipped_total = 0
+    for image_id in piece.image_ids:
+        pixels = decode_image(outcome.files.get(names[image_id], b""), dataset.size, dataset.mode)
+        if pixels is None:
+            pixels, is_failed, clipped = clean[image_id], True, 0
+            failed += 1
+        else:
+            pixels, clipped = clip_to_epsilon(pixels, clean[image_id], piece.epsilon)
+            is_failed = False
+        clipped_total += clipped
+        sha = pixel_hash(pixels)
+        if sha not in pngs:
+            pngs[sha] = encode_png(pixels)
+        images.append(AdversarialRecord(piece.submission_id, image_id, sha, piece.epsilon, is_failed, clipped))
+    kind = "targeted_attack" if piece.targeted else "attack"
+    record = _piece_record(
+        piece.piece_id,
+        kind,
+        piece.submission_id,
+        len(piece.image_ids),
+        piece.epsilon,
+        outcome,
+        time.monotonic() - started,
+        time_limit,
+        failed,
+        clipped_pixels=clipped_total,
+    )
+    return AttackPieceResult(record, images, pngs)
+
+
+def run_defense_piece(
+    piece: DefensePiece,
+    submission: Submission,
+    dataset: DataSet,
+    ctx: RunContext,
+    runtime: Runtime,
+    adversarial_path,
+    gpu: str | None = None,
+) -> DefensePieceResult:
+    """`adversarial_path(sha256)` gives the stored PNG of an image (the store's layout, passed in as data)."""
+    started = time.monotonic()
+    work = _work_dir(ctx, piece.piece_id)
+    try:
+        by_name: dict[str, str] = {}
+        for sha in piece.image_hashes:
+            name = opaque_name(ctx.secret, piece.piece_id, sha)
+            by_name[name] = sha
+            shutil.copyfile(adversarial_path(sha), work / "input" / name)
+        time_limit = ctx.limits.time_limit(len(piece.image_hashes))
+        job = ContainerJob(
+            run_id=ctx.run_id,
+            piece_id=piece.piece_id,
+            image=submission.image(ctx.use_gpu and gpu is not None),
+            code_dir=str(submission.root),
+            entry_point=submission.metadata.entry_point,
+            input_dir=str(work / "input"),
+            output_mount="/output_data",
+            args=("{input}", "{output}/result.csv"),
+            env=_environment(ctx, piece.seed),
+            time_limit_s=time_limit,
+            limits=ctx.limits,
+            gpus=gpu,
+        )
+        outcome = runtime.run(job)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    parsed, bad_lines = parse_result_csv(outcome.files.get("result.csv", b""), set(by_name))
+    labels: dict[str, int | None] = {}
+    for name, sha in by_name.items():
+        label = parsed.get(name)
+        labels[sha] = label if label is not None and 0 <= label < dataset.num_classes else None
+    missing = sum(1 for label in labels.values() if label is None)
+    record = _piece_record(
+        piece.piece_id,
+        "defense",
+        piece.submission_id,
+        len(piece.image_hashes),
+        None,
+        outcome,
+        time.monotonic() - started,
+        time_limit,
+        missing,
+        bad_lines=bad_lines,
+    )
+    return DefensePieceResult(record, labels)

@@ -1,0 +1,98 @@
+"""Work pieces as plain frozen data (SPEC 1, 4.2): batching and the epsilon schedule.
+
+Piece ids are stable for a given set of submissions, data set and options, which is what lets a run folder be
+resumed: a piece whose id is recorded as finished is not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttackPiece:
+    """One attack (or targeted attack) on one data set batch."""
+
+    piece_id: str
+    submission_id: str
+    targeted: bool
+    batch_index: int
+    image_ids: tuple[str, ...]
+    epsilon: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DefensePiece:
+    """One defense on one batch of distinct adversarial images, named by the SHA-256 of their pixels."""
+
+    piece_id: str
+    submission_id: str
+    image_hashes: tuple[str, ...]
+    seed: int
+
+
+def parse_epsilons(text: str | int | Sequence[int]) -> tuple[int, ...]:
+    """`16` or `4,8,12,16`; each an integer L-inf budget in pixel units 0..255."""
+    if isinstance(text, int):
+        values = [text]
+    elif isinstance(text, str):
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"--epsilon '{text}': use an integer or a comma-separated list like 4,8,12,16") from None
+    else:
+        values = [int(value) for value in text]
+    if not values or any(not 0 <= value <= 255 for value in values):
+        raise ValueError(f"--epsilon '{text}': every epsilon must be an integer in 0..255")
+    return tuple(values)
+
+
+def piece_seed(run_seed: int, piece_id: str) -> int:
+    """A 31-bit seed derived from the run's seed and the piece: the same on every resume."""
+    digest = hashlib.sha256(f"{run_seed}:{piece_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def batches(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    return [tuple(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def plan_attack_pieces(
+    attack_ids: Sequence[str],
+    targeted_ids: Sequence[str],
+    image_ids: Sequence[str],
+    batch_size: int,
+    epsilons: Sequence[int],
+    run_seed: int,
+) -> list[AttackPiece]:
+    """Every attack on every batch; batch `i` gets `epsilons[i % len(epsilons)]` for all attacks, as in 2017."""
+    image_batches = batches(image_ids, batch_size)
+    pieces = []
+    for targeted, ids in ((False, attack_ids), (True, targeted_ids)):
+        for sub_id in ids:
+            for index, batch in enumerate(image_batches):
+                piece_id = f"{'targeted_attack' if targeted else 'attack'}/{sub_id}/{index:05d}"
+                epsilon = int(epsilons[index % len(epsilons)])
+                pieces.append(
+                    AttackPiece(piece_id, sub_id, targeted, index, batch, epsilon, piece_seed(run_seed, piece_id))
+                )
+    return pieces
+
+
+def plan_defense_pieces(
+    defense_ids: Sequence[str], image_hashes: Sequence[str], batch_size: int, run_seed: int
+) -> list[DefensePiece]:
+    """Every defense on chunks of the sorted distinct images; the id names the chunk's content."""
+    ordered = sorted(set(image_hashes))
+    pieces = []
+    for sub_id in defense_ids:
+        for index, chunk in enumerate(batches(ordered, batch_size)):
+            content = hashlib.sha256("".join(chunk).encode()).hexdigest()[:12]
+            piece_id = f"defense/{sub_id}/{index:05d}-{content}"
+            pieces.append(DefensePiece(piece_id, sub_id, chunk, piece_seed(run_seed, piece_id)))
+    return pieces

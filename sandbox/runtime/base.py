@@ -1,0 +1,90 @@
+"""The runtime contract, stated once: a plain job in, a plain outcome out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LABEL_APP = "org.adversarial-sandbox"
+LABEL_RUN = "org.adversarial-sandbox.run"
+LABEL_PIECE = "org.adversarial-sandbox.piece"
+SUBMISSION_UID = "65534:65534"
+# What is read back from an output folder: a piece writes at most this many files, each at most this big.
+MAX_OUTPUT_FILES = 100_000
+MAX_OUTPUT_FILE_BYTES = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-piece limits (SPEC 4); every one is a CLI flag and is written to the run's manifest."""
+
+    time_per_100_images: float = 500.0
+    memory: str = "4g"
+    cpus: float = 1.0
+    pids: int = 256
+    output_size: str = "512m"
+    tmp_size: str = "512m"
+    log_bytes: int = 64 * 1024
+
+    def time_limit(self, n_images: int) -> float:
+        """Scaled by the piece's image count, as in 2017 (500 s per 100 images)."""
+        return self.time_per_100_images * max(n_images, 1) / 100.0
+
+    def threads(self) -> int:
+        return max(1, math.ceil(self.cpus))
+
+
+@dataclass(frozen=True)
+class ContainerJob:
+    """Everything needed to run one piece; `{input}` and `{output}` in args are replaced by the runtime."""
+
+    run_id: str
+    piece_id: str
+    image: str
+    code_dir: str
+    entry_point: str
+    input_dir: str
+    output_mount: str  # "/output_images" or "/output_data"
+    args: tuple[str, ...]
+    env: dict[str, str]
+    time_limit_s: float
+    limits: Limits
+    gpus: str | None = None
+
+
+@dataclass
+class JobOutcome:
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    wall_s: float
+    stdout_tail: str
+    stderr_tail: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    skipped_files: list[str] = field(default_factory=list)
+    isolation: str = ""
+    error: str | None = None
+
+
+class Runtime(Protocol):
+    name: str
+
+    def isolation(self) -> str: ...
+
+    def check(self, images: list[str]) -> dict[str, str]:
+        """Returns {image: problem} for images it cannot run; raises RuntimeUnavailable when unusable."""
+        ...
+
+    def run(self, job: ContainerJob) -> JobOutcome: ...
+
+    def cleanup_run(self, run_id: str) -> int:
+        """Removes what a killed run left behind; returns how many things were removed."""
+        ...
+
+
+def tail_text(data: bytes, limit: int) -> str:
+    """The last `limit` bytes, decoded leniently: logs are hostile output too."""
+    if len(data) > limit:
+        data = b"[...]\n" + data[-limit:]
+    return data.decode("utf-8", errors="replace")

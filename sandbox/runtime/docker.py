@@ -1,0 +1,214 @@
+"""DockerRuntime: each piece in its own locked-down container, through the Docker SDK.
+
+The output folder is a size-capped tmpfs volume. A tmpfs vanishes when the last container using it stops, so a
+tiny *keeper* container (our own image, not the submission's) holds the volume while the submission runs as
+PID 1 of its container; after it exits or is killed at the time limit (which ends every process it started),
+the files are read back through the keeper with `get_archive`, never by following anything on the host.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest, LogConfig
+
+from sandbox.errors import RuntimeUnavailable
+from sandbox.outputs_read import collect_tar_stream
+from sandbox.runtime.base import (
+    LABEL_APP,
+    LABEL_PIECE,
+    LABEL_RUN,
+    SUBMISSION_UID,
+    ContainerJob,
+    JobOutcome,
+    tail_text,
+)
+
+KEEPER_IMAGE = "adversarial-sandbox/base:0.1"
+DOCKER_HELP = (
+    "start it (on Debian without Docker: `sudo scripts/install-docker.sh`), check `docker info`, "
+    "or use --runtime process for trusted code"
+)
+
+
+def _name(run_id: str, piece_id: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", piece_id)[-80:]
+    return f"sbx-{run_id[:12]}-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+def device_requests(gpus: str | None) -> list[DeviceRequest]:
+    """`all` or device ids (`0` or `0,1`), as in `docker run --gpus`."""
+    if not gpus:
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=gpus.split(","), capabilities=[["gpu"]])]
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, oci_runtime: str | None = None, keeper_image: str = KEEPER_IMAGE) -> None:
+        """`oci_runtime` is e.g. `runsc` for gVisor; None uses the daemon's default (runc)."""
+        self.oci_runtime = oci_runtime
+        self.keeper_image = keeper_image
+        try:
+            self.client = docker.from_env(timeout=120)
+            self.client.ping()
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
+
+    def isolation(self) -> str:
+        return f"docker/{self.oci_runtime or 'runc'}"
+
+    def check(self, images: list[str]) -> dict[str, str]:
+        problems = {}
+        for image in sorted(set(images) | {self.keeper_image}):
+            try:
+                self.client.images.get(image)
+            except ImageNotFound:
+                problems[image] = f"image {image} not found; build the sandbox's images with `sandbox images build`"
+                if not image.startswith("adversarial-sandbox/"):
+                    problems[image] = f"image {image} not found; `docker pull {image}` or `docker load` it first"
+            except (DockerException, requests.RequestException) as exc:
+                raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
+        return problems
+
+    def cleanup_run(self, run_id: str) -> int:
+        removed = 0
+        try:
+            for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}):
+                container.remove(force=True)
+                removed += 1
+            for volume in self.client.volumes.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
+                volume.remove(force=True)
+                removed += 1
+        except (DockerException, requests.RequestException) as exc:
+            raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
+        return removed
+
+    def run(self, job: ContainerJob) -> JobOutcome:
+        try:
+            return self._run(job)
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise RuntimeUnavailable(f"Docker stopped answering during {job.piece_id} ({exc}); {DOCKER_HELP}") from None
+
+    def _run(self, job: ContainerJob) -> JobOutcome:
+        labels = {LABEL_APP: "1", LABEL_RUN: job.run_id, LABEL_PIECE: job.piece_id}
+        name = _name(job.run_id, job.piece_id)
+        limits = job.limits
+        locked_down = dict(
+            network_mode="none",
+            read_only=True,
+            user=SUBMISSION_UID,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            labels=labels,
+            runtime=self.oci_runtime,
+        )
+        volume = self.client.volumes.create(
+            name=f"{name}-out",
+            driver="local",
+            driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"size={limits.output_size},uid=65534,gid=65534"},
+            labels=labels,
+        )
+        keeper = container = None
+        try:
+            keeper = self.client.containers.run(
+                self.keeper_image,
+                ["sleep", "infinity"],
+                name=f"{name}-keeper",
+                detach=True,
+                mem_limit="64m",
+                pids_limit=8,
+                volumes={volume.name: {"bind": "/out", "mode": "ro"}},
+                **locked_down,
+            )
+            args = [arg.format(input="/input_images", output=job.output_mount) for arg in job.args]
+            container = self.client.containers.create(
+                job.image,
+                [f"./{job.entry_point}", *args],
+                name=name,
+                working_dir="/code",
+                environment={**job.env, "HOME": "/tmp"},
+                init=True,
+                mem_limit=limits.memory,
+                memswap_limit=limits.memory,
+                nano_cpus=int(limits.cpus * 1e9),
+                pids_limit=limits.pids,
+                tmpfs={"/tmp": f"size={limits.tmp_size},mode=1777"},
+                volumes={
+                    job.code_dir: {"bind": "/code", "mode": "ro"},
+                    job.input_dir: {"bind": "/input_images", "mode": "ro"},
+                    volume.name: {"bind": job.output_mount, "mode": "rw"},
+                },
+                log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+                device_requests=device_requests(job.gpus),
+                **locked_down,
+            )
+            started = time.monotonic()
+            container.start()
+            timed_out = False
+            try:
+                container.wait(timeout=job.time_limit_s)
+            except requests.exceptions.ReadTimeout:
+                timed_out = True
+                container.kill()
+                container.wait(timeout=60)
+            wall = time.monotonic() - started
+            container.reload()
+            state = container.attrs["State"]
+            stdout = container.logs(stdout=True, stderr=False, tail=2000)
+            stderr = container.logs(stdout=False, stderr=True, tail=2000)
+            chunks, _ = keeper.get_archive("/out/.")
+            files, skipped = collect_tar_stream(chunks)
+            return JobOutcome(
+                exit_code=None if timed_out else int(state.get("ExitCode", -1)),
+                timed_out=timed_out,
+                oom_killed=bool(state.get("OOMKilled")),
+                wall_s=wall,
+                stdout_tail=tail_text(stdout, limits.log_bytes),
+                stderr_tail=tail_text(stderr, limits.log_bytes),
+                files=files,
+                skipped_files=skipped,
+                isolation=self.isolation(),
+            )
+        except ImageNotFound:
+            return JobOutcome(
+                None,
+                False,
+                False,
+                0.0,
+                "",
+                "",
+                isolation=self.isolation(),
+                error=f"image {job.image} not found; build or pull it before the run",
+            )
+        except APIError as exc:
+            # The daemon refused this container (bad image entry, bad mount): the piece fails, the run goes on.
+            return JobOutcome(
+                None,
+                False,
+                False,
+                0.0,
+                "",
+                "",
+                isolation=self.isolation(),
+                error=f"Docker refused the container: {exc.explanation or exc}",
+            )
+        finally:
+            for leftover in (container, keeper):
+                if leftover is not None:
+                    try:
+                        leftover.remove(force=True)
+                    except (NotFound, APIError):
+                        pass
+            try:
+                volume.remove(force=True)
+            except (NotFound, APIError):
+                pass

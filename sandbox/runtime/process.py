@@ -1,0 +1,99 @@
+"""ProcessRuntime: the same folder contract as a local process, for trusted code and machines without Docker.
+
+It isolates nothing: no network cut, no memory or output cap, the host's files in reach. Only the time limit
+holds (the whole process group is killed). The run says so loudly and records `process (no isolation)`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sandbox.outputs_read import collect_folder
+from sandbox.runtime.base import ContainerJob, JobOutcome, tail_text
+
+WARNING = "--runtime process isolates nothing: submissions run as you, with your files and network. Trusted code only."
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def isolation(self) -> str:
+        return "process (no isolation)"
+
+    def check(self, images: list[str]) -> dict[str, str]:
+        return {}
+
+    def cleanup_run(self, run_id: str) -> int:
+        return 0
+
+    def run(self, job: ContainerJob) -> JobOutcome:
+        with tempfile.TemporaryDirectory(prefix="sbx-out-") as out_root:
+            output_dir = Path(out_root) / job.output_mount.strip("/")
+            output_dir.mkdir()
+            args = [arg.format(input=job.input_dir, output=str(output_dir)) for arg in job.args]
+            entry = Path(job.code_dir) / job.entry_point
+            env = {**os.environ, **job.env, "TMPDIR": out_root}
+            if job.gpus and job.gpus != "all":
+                env["CUDA_VISIBLE_DEVICES"] = job.gpus
+            elif not job.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+                started = time.monotonic()
+                timed_out = False
+                try:
+                    process = subprocess.Popen(
+                        [str(entry), *args],
+                        cwd=job.code_dir,
+                        env=env,
+                        stdout=stdout,
+                        stderr=stderr,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    return JobOutcome(
+                        None,
+                        False,
+                        False,
+                        0.0,
+                        "",
+                        "",
+                        isolation=self.isolation(),
+                        error=f"could not start {entry}: {exc.strerror}",
+                    )
+                try:
+                    exit_code: int | None = process.wait(timeout=job.time_limit_s)
+                except subprocess.TimeoutExpired:
+                    timed_out, exit_code = True, None
+                finally:
+                    # Whatever it forked is ended too, so nothing writes into the outputs while they are read.
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    process.wait()
+                wall = time.monotonic() - started
+                files, skipped = collect_folder(output_dir)
+                logs = []
+                for stream in (stdout, stderr):
+                    size = stream.seek(0, os.SEEK_END)
+                    stream.seek(max(0, size - job.limits.log_bytes))
+                    logs.append(tail_text(stream.read(), job.limits.log_bytes))
+            shutil.rmtree(output_dir, ignore_errors=True)
+        return JobOutcome(
+            exit_code=exit_code if exit_code is None or exit_code >= 0 else 128 - exit_code,
+            timed_out=timed_out,
+            oom_killed=False,
+            wall_s=wall,
+            stdout_tail=logs[0],
+            stderr_tail=logs[1],
+            files=files,
+            skipped_files=skipped,
+            isolation=self.isolation(),
+        )

@@ -1,0 +1,173 @@
+"""The run store: one SQLite database in the run folder, written as pieces finish.
+
+A piece's results and its `finished` row are committed in one transaction, and its adversarial PNGs are written
+atomically before that commit, so a run killed at any moment leaves only whole pieces behind: resuming re-runs
+exactly the pieces with no row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pieces (
+    piece_id TEXT PRIMARY KEY, kind TEXT NOT NULL, submission_id TEXT NOT NULL, status TEXT NOT NULL,
+    n_images INTEGER NOT NULL, epsilon INTEGER, exit_code INTEGER, timed_out INTEGER NOT NULL,
+    oom_killed INTEGER NOT NULL, wall_s REAL NOT NULL, total_s REAL NOT NULL, time_limit_s REAL NOT NULL,
+    failed_images INTEGER NOT NULL, clipped_pixels INTEGER NOT NULL, bad_lines INTEGER NOT NULL,
+    skipped_files TEXT NOT NULL, isolation TEXT NOT NULL, error TEXT, stdout_tail TEXT NOT NULL,
+    stderr_tail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adversarial (
+    submission_id TEXT NOT NULL, image_id TEXT NOT NULL, sha256 TEXT NOT NULL, epsilon INTEGER NOT NULL,
+    failed INTEGER NOT NULL, clipped_pixels INTEGER NOT NULL, PRIMARY KEY (submission_id, image_id)
+);
+CREATE TABLE IF NOT EXISTS labels (
+    defense_id TEXT NOT NULL, sha256 TEXT NOT NULL, label INTEGER, PRIMARY KEY (defense_id, sha256)
+);
+"""
+
+
+@dataclass(frozen=True)
+class PieceRecord:
+    piece_id: str
+    kind: str  # attack, targeted_attack, defense
+    submission_id: str
+    status: str  # ok or failed
+    n_images: int
+    epsilon: int | None
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    wall_s: float
+    total_s: float
+    time_limit_s: float
+    failed_images: int
+    clipped_pixels: int
+    bad_lines: int
+    skipped_files: str
+    isolation: str
+    error: str | None
+    stdout_tail: str
+    stderr_tail: str
+
+
+@dataclass(frozen=True)
+class AdversarialRecord:
+    submission_id: str
+    image_id: str
+    sha256: str
+    epsilon: int
+    failed: bool
+    clipped_pixels: int
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunStore:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.run_dir / "store.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- meta
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- images
+    def adversarial_path(self, sha256: str) -> Path:
+        return self.run_dir / "adversarial" / sha256[:2] / f"{sha256}.png"
+
+    def save_adversarial_png(self, sha256: str, png: bytes) -> None:
+        path = self.adversarial_path(sha256)
+        if not path.exists():
+            write_atomically(path, png)
+
+    # -- pieces
+    def finished_piece_ids(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT piece_id FROM pieces")}
+
+    def _insert_piece(self, piece: PieceRecord) -> None:
+        row = asdict(piece)
+        columns = ", ".join(row)
+        self._db.execute(
+            f"INSERT OR REPLACE INTO pieces ({columns}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values())
+        )
+
+    def record_attack_piece(self, piece: PieceRecord, images: Iterable[AdversarialRecord]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO adversarial VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.submission_id, r.image_id, r.sha256, r.epsilon, int(r.failed), r.clipped_pixels)
+                        for r in images
+                    ],
+                )
+                self._insert_piece(piece)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def record_defense_piece(self, piece: PieceRecord, labels: dict[str, int | None]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
+                    [(piece.submission_id, sha, label) for sha, label in labels.items()],
+                )
+                self._insert_piece(piece)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- reads, for scoring and reports
+    def pieces(self) -> list[PieceRecord]:
+        cursor = self._db.execute("SELECT * FROM pieces ORDER BY piece_id")
+        names = [d[0] for d in cursor.description]
+        return [PieceRecord(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+
+    def adversarial(self) -> list[AdversarialRecord]:
+        rows = self._db.execute("SELECT * FROM adversarial ORDER BY submission_id, image_id").fetchall()
+        return [AdversarialRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    def distinct_hashes(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT sha256 FROM adversarial ORDER BY sha256")]
+
+    def labels(self) -> dict[tuple[str, str], int | None]:
+        return {(d, s): label for d, s, label in self._db.execute("SELECT defense_id, sha256, label FROM labels")}
+
+    def meta_json(self, key: str) -> object:
+        value = self.get_meta(key)
+        return json.loads(value) if value is not None else None
