@@ -31,7 +31,7 @@ def num_threads() -> int:
 
 def load_targets(csv_path: Path) -> dict[str, int]:
     """target_class.csv -> {file name: target class}."""
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         return {row[0].strip(): int(row[1]) for row in csv.reader(f) if len(row) >= 2}
 
 

@@ -98,6 +98,21 @@ class DockerRuntime:
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise RuntimeUnavailable(f"Docker stopped answering during {job.piece_id} ({exc}); {DOCKER_HELP}") from None
 
+    def _wait(self, container, deadline: float) -> bool:
+        """Waits for the container to exit; kills it at the deadline and returns whether it timed out."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                container.wait(timeout=max(1.0, min(remaining, 30.0)))
+                return False
+            except (requests.exceptions.ReadTimeout, requests.ConnectionError):
+                self.client.ping()  # a read timeout is expected; a daemon that went away raises here
+        try:
+            container.kill()
+        except APIError:
+            pass  # it exited just now
+        container.wait(timeout=60)
+        return True
+
     def _run(self, job: ContainerJob) -> JobOutcome:
         labels = {LABEL_APP: "1", LABEL_RUN: job.run_id, LABEL_PIECE: job.piece_id}
         name = _name(job.run_id, job.piece_id)
@@ -153,13 +168,7 @@ class DockerRuntime:
             )
             started = time.monotonic()
             container.start()
-            timed_out = False
-            try:
-                container.wait(timeout=job.time_limit_s)
-            except requests.exceptions.ReadTimeout:
-                timed_out = True
-                container.kill()
-                container.wait(timeout=60)
+            timed_out = self._wait(container, started + job.time_limit_s)
             wall = time.monotonic() - started
             container.reload()
             state = container.attrs["State"]

@@ -1,0 +1,62 @@
+"""Fixtures: a real Docker daemon with the sandbox's images, small real data sets, real submissions.
+
+Docker tests skip on a developer machine without Docker, but fail in CI (CI=true): a skipped container test
+there would hide exactly what this project exists to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sandbox.bundled import default_dataset_dir
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _docker_problem() -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:  # any failure to reach the daemon means the same thing here
+        return f"Docker is not reachable: {exc}"
+    for tag in ("adversarial-sandbox/base:0.1", "adversarial-sandbox/torch-cpu:0.1"):
+        try:
+            client.images.get(tag)
+        except Exception:
+            return f"image {tag} missing: run `sandbox images build`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    problem = _docker_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI=true and {problem}")
+        pytest.skip(problem)
+
+
+def make_small_dataset(dest: Path, n: int) -> Path:
+    """The first `n` images of the shipped data set, as a data set folder of its own."""
+    source = default_dataset_dir()
+    (dest / "images").mkdir(parents=True)
+    with (source / "dataset.csv").open() as f:
+        rows = list(csv.reader(f))
+    with (dest / "dataset.csv").open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows[: n + 1])
+    for row in rows[1 : n + 1]:
+        shutil.copyfile(source / "images" / f"{row[0]}.png", dest / "images" / f"{row[0]}.png")
+    shutil.copyfile(source / "dataset.json", dest / "dataset.json")
+    return dest
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    return make_small_dataset(tmp_path / "data20", 20)

@@ -1,0 +1,132 @@
+"""The CLI as users run it: the default competition, resume after SIGKILL, Docker missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+from click.testing import CliRunner
+
+from sandbox.bundled import sample_dirs
+from sandbox.cli import main
+from sandbox.runtime.base import LABEL_RUN
+from tests.conftest import make_small_dataset
+from tests.submissions import NOOP_ATTACK, write_submission
+
+NIPS_FILES = [
+    "accuracy_on_attacks.csv", "accuracy_on_targeted_attacks.csv", "hit_target_class.csv", "defense_ranking.csv",
+    "attack_ranking.csv", "targeted_attack_ranking.csv", "all_classification.csv",
+]
+
+
+def test_docker_unreachable_is_one_line_and_exit_1(tmp_path):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "run")], env=env)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Docker is not reachable" in errors[0] and "install-docker.sh" in errors[0]
+
+
+def test_usage_errors_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--epsilon", "300", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "0..255" in result.output
+
+
+@pytest.mark.usefixtures("docker_ready")
+def test_default_competition_end_to_end(tmp_path):
+    """Every shipped sample on the shipped 1000-image data set, as `sandbox run` does with no argument."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in NIPS_FILES + ["results.json", "manifest.json"]:
+        assert (out / name).is_file(), name
+    assert "Defenses" in result.output and "base_torch" in result.output
+    results = json.loads((out / "results.json").read_text())
+    samples = {kind: sorted(p.name for p in sample_dirs(kind)[0].iterdir() if p.is_dir())
+               for kind in ("attack", "targeted_attack", "defense")}
+    assert sorted(results["scores"]["attack"]) == samples["attack"]
+    assert sorted(results["scores"]["defense"]) == samples["defense"]
+    assert sorted(results["scores"]["targeted_attack"]) == samples["targeted_attack"]
+    assert results["n_images"] == 1000 and not results["left_out"]
+    assert all(f["pieces_failed"] == 0 for f in results["failures"].values()), results["failures"]
+    # A white-box attack beats doing nothing against the model it attacks.
+    assert results["scores"]["attack"]["fgsm"] > results["scores"]["attack"]["noop"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["limits"]["memory"] == "4g" and manifest["settings"]["epsilon"] == [16]
+
+
+def _run_args(dataset: Path, attacks: Path, out: Path) -> list[str]:
+    defenses = sample_dirs("defense")[0]
+    return ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--attacks", str(sample_dirs("attack")[0]),
+            "--targeted-attacks", str(sample_dirs("targeted_attack")[0]), "--defenses", str(defenses),
+            "--batch-size", "10", "--defense-batch-size", "150", "--out", str(out)]
+
+
+def _labelled_containers(client: docker.DockerClient, run_id: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+
+
+@pytest.mark.usefixtures("docker_ready")
+def test_resume_after_sigkill_gives_identical_scores(tmp_path):
+    dataset = make_small_dataset(tmp_path / "data", 40)
+    attacks = tmp_path / "extra_attacks"
+    write_submission(attacks, "slow", "attack", "#!/bin/sh\nsleep 3\n" + NOOP_ATTACK.split("\n", 1)[1])
+
+    straight = CliRunner().invoke(main, _run_args(dataset, attacks, tmp_path / "straight"))
+    assert straight.exit_code == 0, straight.output
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.cli", *_run_args(dataset, attacks, out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = docker.from_env()
+    deadline = time.monotonic() + 300
+    run_id = None
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not (out / "store.sqlite").exists():
+            continue
+        with sqlite3.connect(out / "store.sqlite") as db:
+            run_id = (db.execute("SELECT value FROM meta WHERE key = 'run_id'").fetchone() or [None])[0]
+            done = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
+        if run_id and done >= 3 and any(c.status == "running" for c in _labelled_containers(client, run_id)):
+            break
+    else:
+        process.kill()
+        pytest.fail("the run never reached three finished pieces with a container running")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert _labelled_containers(client, run_id), "the killed run should have left its container behind"
+    assert not (out / "results.json").exists()
+
+    resumed = CliRunner().invoke(main, _run_args(dataset, attacks, out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "already done" in resumed.output
+    assert not _labelled_containers(client, run_id)
+    first = json.loads((tmp_path / "straight" / "results.json").read_text())
+    second = json.loads((out / "results.json").read_text())
+    for key in ("scores", "matrices", "normalised_scores", "rankings"):
+        assert first[key] == second[key], key
+    assert (tmp_path / "straight" / "all_classification.csv").read_bytes() == (
+        out / "all_classification.csv"
+    ).read_bytes()
+
+
+@pytest.mark.usefixtures("docker_ready")
+def test_resume_refuses_other_scoring_settings(tmp_path):
+    dataset = make_small_dataset(tmp_path / "data", 10)
+    attacks = tmp_path / "a"
+    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    args = ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    changed = CliRunner().invoke(main, [*args, "--epsilon", "8"])
+    assert changed.exit_code == 1 and "--epsilon" in changed.output

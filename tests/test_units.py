@@ -1,0 +1,188 @@
+"""Parts that need no container: planning, safe reading, clipping, submissions, the data set build."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sandbox.bundled import default_dataset_dir
+from sandbox.dataset import build_fashion_mnist, load_dataset
+from sandbox.errors import DataSetError, SubmissionError
+from sandbox.fashion_mnist import DEBIAN_ROOT
+from sandbox.outputs_read import clip_to_epsilon, collect_folder, decode_image, parse_result_csv, pixel_hash
+from sandbox.plan import parse_epsilons, plan_attack_pieces, plan_defense_pieces
+from sandbox.submission import load_submission, load_submissions
+from tests.submissions import NOOP_ATTACK, write_submission
+
+
+def test_epsilon_round_robin_per_batch():
+    pieces = plan_attack_pieces(["a"], ["t"], [f"i{n}" for n in range(10)], 3, parse_epsilons("4,8,12,16"), 0)
+    attack = [p for p in pieces if not p.targeted]
+    assert [p.epsilon for p in attack] == [4, 8, 12, 16]
+    assert [len(p.image_ids) for p in attack] == [3, 3, 3, 1]
+    assert all(p.targeted for p in pieces if p.submission_id == "t")
+
+
+def test_piece_seeds_are_stable_and_distinct():
+    first = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 7)
+    again = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 7)
+    other_seed = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 8)
+    assert [p.seed for p in first] == [p.seed for p in again]
+    assert len({p.seed for p in first}) == 4
+    assert [p.seed for p in first] != [p.seed for p in other_seed]
+
+
+def test_defense_pieces_cover_each_distinct_image_once():
+    hashes = ["c", "a", "b", "a", "d"]
+    pieces = plan_defense_pieces(["d1"], hashes, 3, 0)
+    assert [p.image_hashes for p in pieces] == [("a", "b", "c"), ("d",)]
+
+
+@pytest.mark.parametrize("bad", ["", "x", "4,300", "-1"])
+def test_bad_epsilon_is_refused(bad):
+    with pytest.raises(ValueError):
+        parse_epsilons(bad)
+
+
+def test_result_csv_tolerates_bom_crlf_spaces_and_rejects_the_rest():
+    names = {"a.png", "b.png", "c.png", "d.png", "e.png", "f.png"}
+    data = (
+        "\ufeffa.png,1\r\n b.png , 2 \r\nc.png,3.0\nd.png,nan\n/input_images/e.png,4\nunknown.png,5\n"
+        "a.png,9\nE.PNG,1\n\nf.png,-1\n"
+    ).encode()
+    labels, bad = parse_result_csv(data, names)
+    assert labels == {"a.png": 1, "b.png": 2, "f.png": -1}
+    assert bad == 5  # 3.0, nan, a path, an unknown name, a wrongly cased name
+
+
+def test_clip_to_epsilon_counts_moved_pixels():
+    clean = np.array([[0, 10, 250, 128]], dtype=np.uint8)
+    adversarial = np.array([[255, 0, 255, 130]], dtype=np.uint8)
+    clipped, moved = clip_to_epsilon(adversarial, clean, 16)
+    assert clipped.tolist() == [[16, 0, 255, 130]]
+    assert moved == 1
+
+
+def test_decode_image_refuses_wrong_size_and_non_png(tmp_path):
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(good, format="PNG")
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((29, 28), dtype=np.uint8)).save(big, format="PNG")
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(jpeg, format="JPEG")
+    assert decode_image(good.getvalue(), (28, 28), "L").shape == (28, 28)
+    assert decode_image(big.getvalue(), (28, 28), "L") is None
+    assert decode_image(jpeg.getvalue(), (28, 28), "L") is None
+    assert decode_image(b"\x89PNG garbage", (28, 28), "L") is None
+
+
+def test_rgb_output_is_converted_to_the_data_set_mode():
+    rgb = io.BytesIO()
+    Image.fromarray(np.full((28, 28, 3), 200, dtype=np.uint8)).save(rgb, format="PNG")
+    assert decode_image(rgb.getvalue(), (28, 28), "L").dtype == np.uint8
+
+
+def test_pixel_hash_depends_on_pixels_only():
+    a = np.zeros((2, 2), dtype=np.uint8)
+    assert pixel_hash(a) == pixel_hash(a.copy())
+    assert pixel_hash(a) != pixel_hash(a + 1)
+
+
+def test_collect_folder_never_follows_links(tmp_path):
+    (tmp_path / "real.png").write_bytes(b"data")
+    (tmp_path / "link.png").symlink_to("/etc/passwd")
+    (tmp_path / "sub").mkdir()
+    files, skipped = collect_folder(tmp_path)
+    assert files == {"real.png": b"data"}
+    assert sorted(skipped) == ["link.png", "sub"]
+
+
+def test_bad_metadata_gives_one_line_naming_file_and_field(tmp_path):
+    folder = write_submission(tmp_path, "bad", "attack", NOOP_ATTACK)
+    (folder / "metadata.json").write_text(json.dumps({"type": "atack", "container": "x", "entry_point": "run.sh"}))
+    with pytest.raises(SubmissionError) as info:
+        load_submission(folder)
+    message = str(info.value)
+    assert "\n" not in message and "metadata.json" in message and "'type'" in message
+
+
+def test_unknown_fields_are_warnings_and_entry_point_must_be_executable(tmp_path):
+    folder = write_submission(tmp_path, "ok", "attack", NOOP_ATTACK, team="x")
+    assert any("unknown field 'team'" in w for w in load_submission(folder).warnings)
+    (folder / "run.sh").chmod(0o644)
+    with pytest.raises(SubmissionError, match="chmod \\+x"):
+        load_submission(folder)
+
+
+def test_duplicate_ids_and_wrong_types_are_left_out(tmp_path):
+    attacks = tmp_path / "attacks"
+    write_submission(attacks, "same", "attack", NOOP_ATTACK)
+    with zipfile.ZipFile(attacks / "same.zip", "w") as zf:
+        zf.writestr("metadata.json", "{}")
+    write_submission(attacks, "wrongtype", "defense", NOOP_ATTACK)
+    result = load_submissions([attacks], "attack", tmp_path / "unpacked")
+    assert [s.id for s in result.submissions] == ["same"]
+    reasons = {lo.id: lo.error for lo in result.left_out}
+    assert "already loaded" in reasons["same"] and "move it" in reasons["wrongtype"]
+
+
+def test_archives_with_unsafe_paths_or_links_are_refused(tmp_path):
+    slip = tmp_path / "slip.zip"
+    with zipfile.ZipFile(slip, "w") as zf:
+        zf.writestr("../evil.sh", "x")
+    linked = tmp_path / "linked.tar.gz"
+    with tarfile.open(linked, "w:gz") as tf:
+        info = tarfile.TarInfo("metadata.json")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    for archive, expected in ((slip, "unsafe path"), (linked, "link or special file")):
+        with pytest.raises(SubmissionError, match=expected):
+            load_submission(archive, tmp_path / "unpacked")
+    assert not (tmp_path / "evil.sh").exists()
+
+
+def test_zip_submission_unpacks_with_its_executable_bit(tmp_path):
+    source = write_submission(tmp_path / "src", "zipped", "attack", NOOP_ATTACK)
+    archive = tmp_path / "zipped.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in source.iterdir():
+            info = zipfile.ZipInfo(f"zipped/{path.name}")
+            info.external_attr = (0o100755 if path.name == "run.sh" else 0o100644) << 16
+            zf.writestr(info, path.read_bytes())
+    submission = load_submission(archive, tmp_path / "unpacked")
+    assert submission.id == "zipped" and submission.root.name == "zipped"
+
+
+def test_shipped_dataset_loads_and_is_balanced():
+    ds = load_dataset(default_dataset_dir())
+    assert len(ds.records) == 1000 and ds.size == (28, 28) and ds.mode == "L" and ds.num_classes == 10
+    counts = np.bincount([r.true_label for r in ds.records], minlength=10)
+    assert counts.tolist() == [100] * 10
+    assert all(r.target_class != r.true_label for r in ds.records)
+
+
+def test_dataset_errors_name_the_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "dataset.csv").write_text("ImageId,TrueLabel,TargetClass\nabc,1,2\n")
+    with pytest.raises(DataSetError, match="abc.png: missing"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.skipif(not DEBIAN_ROOT.exists() and os.environ.get("CI") != "true", reason="needs Debian's dataset-fashion-mnist package")
+def test_shipped_dataset_rebuilds_identically(tmp_path: Path):
+    rebuilt = build_fashion_mnist(tmp_path / "rebuilt")
+    shipped = default_dataset_dir()
+    assert (rebuilt / "dataset.csv").read_bytes() == (shipped / "dataset.csv").read_bytes()
+    assert json.loads((rebuilt / "dataset.json").read_text()) == json.loads((shipped / "dataset.json").read_text())
+    ds = load_dataset(shipped)
+    for record in ds.records:
+        ours = np.asarray(Image.open(rebuilt / "images" / f"{record.image_id}.png"))
+        assert np.array_equal(ours, ds.load_pixels(record.image_id)), record.image_id
