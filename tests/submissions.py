@@ -33,4 +33,3 @@ for i, path in enumerate(sorted(src.glob("*.png"))):
     sign = np.where((np.arange(x.size).reshape(x.shape) + i) % 2 == 0, 255, -255)
     Image.fromarray(np.clip(x.astype(int) + sign, 0, 255).astype(np.uint8)).save(dst / path.name)
 """
-

@@ -22,8 +22,13 @@ from tests.conftest import make_small_dataset
 from tests.submissions import NOOP_ATTACK, write_submission
 
 NIPS_FILES = [
-    "accuracy_on_attacks.csv", "accuracy_on_targeted_attacks.csv", "hit_target_class.csv", "defense_ranking.csv",
-    "attack_ranking.csv", "targeted_attack_ranking.csv", "all_classification.csv",
+    "accuracy_on_attacks.csv",
+    "accuracy_on_targeted_attacks.csv",
+    "hit_target_class.csv",
+    "defense_ranking.csv",
+    "attack_ranking.csv",
+    "targeted_attack_ranking.csv",
+    "all_classification.csv",
 ]
 
 
@@ -50,8 +55,10 @@ def test_default_competition_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     assert "Defenses" in result.output and "base_torch" in result.output
     results = json.loads((out / "results.json").read_text())
-    samples = {kind: sorted(p.name for p in sample_dirs(kind)[0].iterdir() if p.is_dir())
-               for kind in ("attack", "targeted_attack", "defense")}
+    samples = {
+        kind: sorted(p.name for p in sample_dirs(kind)[0].iterdir() if p.is_dir())
+        for kind in ("attack", "targeted_attack", "defense")
+    }
     assert sorted(results["scores"]["attack"]) == samples["attack"]
     assert sorted(results["scores"]["defense"]) == samples["defense"]
     assert sorted(results["scores"]["targeted_attack"]) == samples["targeted_attack"]
@@ -65,9 +72,25 @@ def test_default_competition_end_to_end(tmp_path):
 
 def _run_args(dataset: Path, attacks: Path, out: Path) -> list[str]:
     defenses = sample_dirs("defense")[0]
-    return ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--attacks", str(sample_dirs("attack")[0]),
-            "--targeted-attacks", str(sample_dirs("targeted_attack")[0]), "--defenses", str(defenses),
-            "--batch-size", "10", "--defense-batch-size", "150", "--out", str(out)]
+    return [
+        "run",
+        "--dataset",
+        str(dataset),
+        "--attacks",
+        str(attacks),
+        "--attacks",
+        str(sample_dirs("attack")[0]),
+        "--targeted-attacks",
+        str(sample_dirs("targeted_attack")[0]),
+        "--defenses",
+        str(defenses),
+        "--batch-size",
+        "10",
+        "--defense-batch-size",
+        "150",
+        "--out",
+        str(out),
+    ]
 
 
 def _labelled_containers(client: docker.DockerClient, run_id: str) -> list:
@@ -86,7 +109,8 @@ def test_resume_after_sigkill_gives_identical_scores(tmp_path):
     out = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "sandbox.cli", *_run_args(dataset, attacks, out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = docker.from_env()
     deadline = time.monotonic() + 300

@@ -28,8 +28,15 @@ def options(tmp_path: Path, dataset: Path, **overrides) -> RunOptions:
     for folder in (attacks, targeted, defenses):
         folder.mkdir(exist_ok=True)
     settings = dict(
-        attacks=(attacks,), targeted_attacks=(targeted,), defenses=(defenses,), dataset=dataset,
-        out=tmp_path / "run", batch_size=10, defense_batch_size=1000, limits=FAST, build_images=False,
+        attacks=(attacks,),
+        targeted_attacks=(targeted,),
+        defenses=(defenses,),
+        dataset=dataset,
+        out=tmp_path / "run",
+        batch_size=10,
+        defense_batch_size=1000,
+        limits=FAST,
+        build_images=False,
     )
     settings.update(overrides)
     return RunOptions(**settings)
@@ -58,8 +65,15 @@ def test_scores_match_a_hand_computed_expectation(tmp_path, small_dataset):
     assert read_csv(out / "attack_ranking.csv") == [["AttackName", "Score"], ["noop", str(20 - true3)]]
     assert read_csv(out / "targeted_attack_ranking.csv") == [["AttackName", "Score"], ["noop_targeted", str(target3)]]
     rows = read_csv(out / "all_classification.csv")
-    assert rows[0] == ["AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel",
-                       "TargetClass"]
+    assert rows[0] == [
+        "AttackName",
+        "IsTargeted",
+        "DefenseName",
+        "ImageId",
+        "PredictedLabel",
+        "TrueLabel",
+        "TargetClass",
+    ]
     assert len(rows) == 1 + 2 * 20
     assert {row[1] for row in rows[1:]} == {"True", "False"} and {row[4] for row in rows[1:]} == {"3"}
     results = json.loads((out / "results.json").read_text())
@@ -151,8 +165,12 @@ def test_submissions_never_see_image_ids_and_get_a_seed(tmp_path, small_dataset)
     spy = '#!/bin/sh\nls -a "$1" >&2\ncat "$1"/target_class.csv >&2 2>/dev/null\nenv >&2\ncp "$1"/*.png "$2"/\n'
     write_submission(attacks, "spy", "attack", spy)
     write_submission(targeted, "spy_targeted", "targeted_attack", spy)
-    write_submission(defenses, "spy_defense", "defense",
-                     '#!/bin/sh\nls -a "$1" >&2\nfor f in "$1"/*.png; do echo "$(basename "$f"),1"; done > "$2"\n')
+    write_submission(
+        defenses,
+        "spy_defense",
+        "defense",
+        '#!/bin/sh\nls -a "$1" >&2\nfor f in "$1"/*.png; do echo "$(basename "$f"),1"; done > "$2"\n',
+    )
     result = run_competition(options(tmp_path, small_dataset))
 
     with sqlite3.connect(result.out / "store.sqlite") as db:

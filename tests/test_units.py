@@ -176,7 +176,9 @@ def test_dataset_errors_name_the_file(tmp_path):
         load_dataset(tmp_path)
 
 
-@pytest.mark.skipif(not DEBIAN_ROOT.exists() and os.environ.get("CI") != "true", reason="needs Debian's dataset-fashion-mnist package")
+@pytest.mark.skipif(
+    not DEBIAN_ROOT.exists() and os.environ.get("CI") != "true", reason="needs Debian's dataset-fashion-mnist package"
+)
 def test_shipped_dataset_rebuilds_identically(tmp_path: Path):
     rebuilt = build_fashion_mnist(tmp_path / "rebuilt")
     shipped = default_dataset_dir()

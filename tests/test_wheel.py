@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.usefixtures("docker_ready")
 def test_wheel_in_a_fresh_venv_runs_with_no_argument(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)], check=True, capture_output=True
+    )
     wheel = next(dist.glob("adversarial_sandbox-*.whl"))
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
