@@ -10,6 +10,7 @@ import hashlib
 import json
 import platform
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from sandbox.errors import SandboxError
 from sandbox.executor import run_tasks
 from sandbox.pieces import RunContext, run_attack_piece, run_defense_piece
 from sandbox.plan import plan_attack_pieces, plan_defense_pieces
-from sandbox.reporting import build_results, write_nips_files, write_results
+from sandbox.reporting import build_results, write_nips_files, write_report_html, write_results
 from sandbox.runtime import Limits, Runtime, make_runtime
 from sandbox.scoring import compute_scores
 from sandbox.store import PieceRecord, RunStore, write_atomically
@@ -230,6 +231,7 @@ def run_competition(options: RunOptions | None = None, events: Events | None = N
         finished = store.finished_piece_ids()
         resumed_pieces = _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events)
         resumed_pieces += _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events)
+        shutil.rmtree(out / "work", ignore_errors=True)
         manifest["run_wall_s"] = round(time.monotonic() - started, 3)
         write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         results = write_outputs(out, store, dataset, manifest)
@@ -299,6 +301,7 @@ def write_outputs(out: Path, store: RunStore, dataset: DataSet, manifest: dict) 
     write_nips_files(out, scores)
     results = build_results(scores, store, manifest)
     write_results(out, results)
+    write_report_html(out, results, store, dataset)
     return results
 
 

@@ -1,4 +1,4 @@
-"""Outputs of a run (SPEC 7): the NIPS 2017 score files with their exact names and layout, and results.json.
+"""Outputs of a run (SPEC 7): the NIPS 2017 score files, results.json and report.html.
 
 Everything here reads the store and the manifest only, so `sandbox report RUN` rebuilds it without running
 anything. Every file is written atomically.
@@ -6,11 +6,16 @@ anything. Every file is written atomically.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 from pathlib import Path
 
+import jinja2
+
+from sandbox.dataset import DataSet
+from sandbox.outputs_read import encode_png
 from sandbox.scoring import Scores, ranking
 from sandbox.store import PieceRecord, RunStore, write_atomically
 
@@ -144,3 +149,47 @@ def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
 
 def write_results(out: Path, results: dict) -> None:
     write_atomically(out / "results.json", (json.dumps(results, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSet, gallery_size: int = 8) -> None:
+    """A single offline page: leaderboards, heatmaps, a clean-vs-adversarial gallery, failures and log tails."""
+    attacks = sorted(results["scores"]["attack"]) + sorted(results["scores"]["targeted_attack"])
+    defenses = sorted(results["scores"]["defense"])
+    by_attack: dict[tuple[str, str], str] = {(r.submission_id, r.image_id): r.sha256 for r in store.adversarial()}
+    gallery = []
+    for record in dataset.records[:gallery_size]:
+        cells = []
+        for attack in attacks:
+            sha = by_attack.get((attack, record.image_id))
+            path = store.adversarial_path(sha) if sha else None
+            cells.append(_data_uri(path.read_bytes()) if path and path.is_file() else None)
+        clean = _data_uri(encode_png(dataset.load_pixels(record.image_id)))
+        gallery.append({"image_id": record.image_id, "true_label": record.true_label, "clean": clean, "cells": cells})
+    matrices = results["matrices"]
+    heatmaps = [
+        ("Correctly classified images: attacks x defenses", matrices["correct_on_attacks"]),
+        ("Correctly classified images: targeted attacks x defenses", matrices["correct_on_targeted_attacks"]),
+        ("Target class hits: targeted attacks x defenses", matrices["hit_target_class"]),
+    ]
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True
+    )
+    html = environment.get_template("report.html.j2").render(
+        run_id=results["run_id"],
+        dataset=results["dataset"],
+        n_images=results["n_images"],
+        settings=results["settings"],
+        rankings=results["rankings"],
+        normalised=results["normalised_scores"],
+        heatmaps=[(title, matrix) for title, matrix in heatmaps if matrix],
+        defenses=defenses,
+        gallery=gallery,
+        gallery_attacks=attacks,
+        failures=results["failures"],
+        left_out=results["left_out"] or [],
+    )
+    write_atomically(out / "report.html", html.encode())

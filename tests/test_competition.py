@@ -83,6 +83,8 @@ def test_scores_match_a_hand_computed_expectation(tmp_path, small_dataset):
     # Two attacks wrote the same (clean) images: the defense classified each distinct image once.
     with sqlite3.connect(out / "store.sqlite") as db:
         assert db.execute("SELECT SUM(n_images) FROM pieces WHERE kind = 'defense'").fetchone()[0] == 20
+    html = (out / "report.html").read_text()
+    assert "always3" in html and "noop_targeted" in html and html.count("data:image/png;base64,") == 8 * 3
     # Scoring reads the store only: rebuilding the report gives the same results.
     assert rebuild_report(out)["scores"] == results["scores"]
 

@@ -147,7 +147,8 @@ class DockerRuntime:
             args = [arg.format(input="/input_images", output=job.output_mount) for arg in job.args]
             container = self.client.containers.create(
                 job.image,
-                [f"./{job.entry_point}", *args],
+                args,
+                entrypoint=[f"./{job.entry_point}"],  # overrides any ENTRYPOINT the image sets
                 name=name,
                 working_dir="/code",
                 environment={**job.env, "HOME": "/tmp"},
