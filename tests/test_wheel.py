@@ -1,4 +1,7 @@
-"""The wheel carries the samples, the data set and the Dockerfile: `sandbox run` works from a fresh venv."""
+"""The default competition, end to end, as a user gets it: a wheel built from the repository, installed in a
+fresh venv, `sandbox run` with no argument in an empty folder. The wheel carries the samples, the data set and
+the Dockerfile, so nothing here comes from the checkout.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.bundled import sample_dirs
+from sandbox.reporting import NIPS_FILES
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _sample_ids(kind: str) -> list[str]:
+    return sorted(p.name for p in sample_dirs(kind)[0].iterdir() if (p / "metadata.json").is_file())
+
+
 @pytest.mark.usefixtures("docker_ready")
-def test_wheel_in_a_fresh_venv_runs_with_no_argument(tmp_path):
+def test_wheel_in_a_fresh_venv_runs_the_default_competition(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)], check=True, capture_output=True
@@ -28,9 +38,26 @@ def test_wheel_in_a_fresh_venv_runs_with_no_argument(tmp_path):
     workdir.mkdir()
     result = subprocess.run([str(env_dir / "bin" / "sandbox"), "run"], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Defenses" in result.stdout and "base_torch" in result.stdout
+    assert "limits per piece: 500 s per 100 images, memory 4g" in result.stderr
+
     runs = list((workdir / "runs").iterdir())
     assert len(runs) == 1
-    results = json.loads((runs[0] / "results.json").read_text())
-    assert results["n_images"] == 1000 and "base_torch" in results["scores"]["defense"]
+    out = runs[0]
+    for name in [*NIPS_FILES, "results.json", "manifest.json", "report.html"]:
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
     # The samples and data set came from inside the installed package, not from this checkout.
     assert "site-packages/sandbox/_bundled" in results["dataset"]["path"]
+    assert sorted(results["scores"]["attack"]) == _sample_ids("attack")
+    assert sorted(results["scores"]["targeted_attack"]) == _sample_ids("targeted_attack")
+    assert sorted(results["scores"]["defense"]) == _sample_ids("defense")
+    assert results["n_images"] == 1000 and not results["left_out"]
+    assert all(f["pieces_failed"] == 0 and f["failed_images"] == 0 for f in results["failures"].values())
+    # A white-box attack beats doing nothing against the model it attacks.
+    assert (
+        results["matrices"]["correct_on_attacks"]["fgsm"]["base_torch"]
+        < (results["matrices"]["correct_on_attacks"]["noop"]["base_torch"])
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["epsilon"] == [16] and manifest["settings"]["limits"]["pids"] == 256
