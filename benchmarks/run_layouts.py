@@ -1,9 +1,10 @@
 """Speed of piece layouts (SPEC 4.2): the default run vs. the 2017 toolkit's one piece per submission.
 
 Runs the shipped samples on the shipped data set, through real containers, in these layouts:
-  default      --batch-size 100 --defense-batch-size 1000, --jobs 1
+  default      --batch-size 100 --attack-piece-size 1000 --defense-batch-size 1000, --jobs 1
   default-j2   the same with --jobs 2
-  2017         one piece per submission over the whole data set (batch = all images), --jobs 1
+  per-batch    one attack container per 100-image batch (--attack-piece-size 100), --jobs 1
+  2017         one piece per submission over the whole data set, one after another (--jobs 1)
 and prints the wall time of each, the per-piece overhead (piece time outside the submission's container), and
 checks that the scores agree where they must (noop and the deterministic attacks do not depend on layout).
 
@@ -23,9 +24,10 @@ from sandbox import Limits, RunOptions, load_dataset, run_competition
 from sandbox.bundled import default_dataset_dir
 
 LAYOUTS = {
-    "default": dict(batch_size=100, defense_batch_size=1000, jobs=1),
-    "default-j2": dict(batch_size=100, defense_batch_size=1000, jobs=2),
-    "2017": dict(batch_size=10**6, defense_batch_size=10**6, jobs=1),
+    "default": dict(batch_size=100, attack_piece_size=1000, defense_batch_size=1000, jobs=1),
+    "default-j2": dict(batch_size=100, attack_piece_size=1000, defense_batch_size=1000, jobs=2),
+    "per-batch": dict(batch_size=100, attack_piece_size=100, defense_batch_size=1000, jobs=1),
+    "2017": dict(batch_size=10**6, attack_piece_size=10**6, defense_batch_size=10**6, jobs=1),
 }
 
 

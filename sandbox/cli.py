@@ -148,7 +148,20 @@ def main() -> None:
     callback=_epsilons,
     help="L-inf budget in pixel units, or a list used in turn per batch (4,8,12,16).",
 )
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1), help="Images per attack piece.")
+@click.option(
+    "--batch-size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images per batch; each batch gets one epsilon.",
+)
+@click.option(
+    "--attack-piece-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images per attack container: batches with the same epsilon run together up to this many.",
+)
 @click.option(
     "--defense-batch-size",
     default=1000,
@@ -202,6 +215,7 @@ def run(
     out,
     epsilon,
     batch_size,
+    attack_piece_size,
     defense_batch_size,
     seed,
     jobs,
@@ -227,6 +241,7 @@ def run(
         out=out,
         epsilon=epsilon,
         batch_size=batch_size,
+        attack_piece_size=attack_piece_size,
         defense_batch_size=defense_batch_size,
         seed=seed,
         jobs=jobs,

@@ -43,6 +43,7 @@ class RunOptions:
     out: Path | None = None
     epsilon: tuple[int, ...] = (16,)
     batch_size: int = 100
+    attack_piece_size: int = 1000
     defense_batch_size: int = 1000
     seed: int = 0
     jobs: int = 1
@@ -57,6 +58,7 @@ class RunOptions:
         return {
             "epsilon": list(self.epsilon),
             "batch_size": self.batch_size,
+            "attack_piece_size": self.attack_piece_size,
             "defense_batch_size": self.defense_batch_size,
             "seed": self.seed,
         }
@@ -193,7 +195,7 @@ def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str, bool]
         store.close()
         raise SandboxError(
             f"{out}: this run folder was made with {json.dumps(existing)}; resume it with the same "
-            f"--epsilon/--batch-size/--defense-batch-size/--seed, or choose a new --out"
+            f"--epsilon/--batch-size/--attack-piece-size/--defense-batch-size/--seed, or choose a new --out"
         )
     return store, store.get_meta("run_id") or "", store.get_meta("secret") or "", True
 
@@ -204,8 +206,8 @@ def run_competition(options: RunOptions | None = None, events: Events | None = N
     events = events or Events()
     started = time.monotonic()
     out = Path(options.out or default_out_dir())
-    if options.jobs < 1 or options.batch_size < 1 or options.defense_batch_size < 1:
-        raise SandboxError("--jobs, --batch-size and --defense-batch-size must be at least 1")
+    if min(options.jobs, options.batch_size, options.attack_piece_size, options.defense_batch_size) < 1:
+        raise SandboxError("--jobs, --batch-size, --attack-piece-size and --defense-batch-size must be at least 1")
     runtime = make_runtime(options.runtime, options.isolation)
     if options.runtime == "process":
         from sandbox.runtime.process import WARNING
@@ -257,6 +259,7 @@ def _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events) 
         options.batch_size,
         options.epsilon,
         options.seed,
+        options.attack_piece_size,
     )
     todo = [p for p in pieces if p.piece_id not in finished]
     events.phase("attacks", len(pieces), len(pieces) - len(todo))

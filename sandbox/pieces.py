@@ -118,15 +118,25 @@ def _piece_record(
     )
 
 
-def run_attack_piece(
+@dataclass
+class AttackExecution:
+    """What an attack wrote, raw, before any clipping; `names` maps ImageId -> the opaque input file name."""
+
+    outcome: JobOutcome
+    names: dict[str, str]
+    clean: dict[str, np.ndarray]
+    time_limit: float
+
+
+def execute_attack(
     piece: AttackPiece,
     submission: Submission,
     dataset: DataSet,
     ctx: RunContext,
     runtime: Runtime,
     gpu: str | None = None,
-) -> AttackPieceResult:
-    started = time.monotonic()
+) -> AttackExecution:
+    """Feeds the batch under opaque names and runs the attack; shared by the run and by `sandbox validate`."""
     work = _work_dir(ctx, piece.piece_id)
     records = dataset.by_id()
     try:
@@ -159,16 +169,30 @@ def run_attack_piece(
         outcome = runtime.run(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return AttackExecution(outcome, names, clean, time_limit)
 
+
+def run_attack_piece(
+    piece: AttackPiece,
+    submission: Submission,
+    dataset: DataSet,
+    ctx: RunContext,
+    runtime: Runtime,
+    gpu: str | None = None,
+) -> AttackPieceResult:
+    started = time.monotonic()
+    execution = execute_attack(piece, submission, dataset, ctx, runtime, gpu)
+    outcome = execution.outcome
     images, pngs = [], {}
     failed = clipped_total = 0
     for image_id in piece.image_ids:
-        pixels = decode_image(outcome.files.get(names[image_id], b""), dataset.size, dataset.mode)
+        clean = execution.clean[image_id]
+        pixels = decode_image(outcome.files.get(execution.names[image_id], b""), dataset.size, dataset.mode)
         if pixels is None:
-            pixels, is_failed, clipped = clean[image_id], True, 0
+            pixels, is_failed, clipped = clean, True, 0
             failed += 1
         else:
-            pixels, clipped = clip_to_epsilon(pixels, clean[image_id], piece.epsilon)
+            pixels, clipped = clip_to_epsilon(pixels, clean, piece.epsilon)
             is_failed = False
         clipped_total += clipped
         sha = pixel_hash(pixels)
@@ -184,11 +208,55 @@ def run_attack_piece(
         piece.epsilon,
         outcome,
         time.monotonic() - started,
-        time_limit,
+        execution.time_limit,
         failed,
         clipped_pixels=clipped_total,
     )
     return AttackPieceResult(record, images, pngs)
+
+
+def execute_defense(
+    piece_id: str,
+    seed: int,
+    submission: Submission,
+    ctx: RunContext,
+    runtime: Runtime,
+    inputs: dict[str, Path | bytes],
+    gpu: str | None = None,
+) -> tuple[JobOutcome, dict[str, str], float]:
+    """Feeds `inputs` (key -> a PNG file to copy, or PNG bytes) under opaque names and runs the defense.
+
+    Returns the outcome, {opaque name: key} and the time limit; shared by the run and `sandbox validate`.
+    """
+    work = _work_dir(ctx, piece_id)
+    try:
+        by_name: dict[str, str] = {}
+        for key, source in inputs.items():
+            name = opaque_name(ctx.secret, piece_id, key)
+            by_name[name] = key
+            if isinstance(source, bytes):
+                (work / "input" / name).write_bytes(source)
+            else:
+                shutil.copyfile(source, work / "input" / name)
+        time_limit = ctx.limits.time_limit(len(inputs))
+        job = ContainerJob(
+            run_id=ctx.run_id,
+            piece_id=piece_id,
+            image=submission.image(ctx.use_gpu and gpu is not None),
+            code_dir=str(submission.root),
+            entry_point=submission.metadata.entry_point,
+            input_dir=str(work / "input"),
+            output_mount="/output_data",
+            args=("{input}", "{output}/result.csv"),
+            env=_environment(ctx, seed),
+            time_limit_s=time_limit,
+            limits=ctx.limits,
+            gpus=gpu,
+        )
+        outcome = runtime.run(job)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcome, by_name, time_limit
 
 
 def run_defense_piece(
@@ -202,31 +270,8 @@ def run_defense_piece(
 ) -> DefensePieceResult:
     """`adversarial_path(sha256)` gives the stored PNG of an image (the store's layout, passed in as data)."""
     started = time.monotonic()
-    work = _work_dir(ctx, piece.piece_id)
-    try:
-        by_name: dict[str, str] = {}
-        for sha in piece.image_hashes:
-            name = opaque_name(ctx.secret, piece.piece_id, sha)
-            by_name[name] = sha
-            shutil.copyfile(adversarial_path(sha), work / "input" / name)
-        time_limit = ctx.limits.time_limit(len(piece.image_hashes))
-        job = ContainerJob(
-            run_id=ctx.run_id,
-            piece_id=piece.piece_id,
-            image=submission.image(ctx.use_gpu and gpu is not None),
-            code_dir=str(submission.root),
-            entry_point=submission.metadata.entry_point,
-            input_dir=str(work / "input"),
-            output_mount="/output_data",
-            args=("{input}", "{output}/result.csv"),
-            env=_environment(ctx, piece.seed),
-            time_limit_s=time_limit,
-            limits=ctx.limits,
-            gpus=gpu,
-        )
-        outcome = runtime.run(job)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    inputs: dict[str, Path | bytes] = {sha: adversarial_path(sha) for sha in piece.image_hashes}
+    outcome, by_name, time_limit = execute_defense(piece.piece_id, piece.seed, submission, ctx, runtime, inputs, gpu)
     parsed, bad_lines = parse_result_csv(outcome.files.get("result.csv", b""), set(by_name))
     labels: dict[str, int | None] = {}
     for name, sha in by_name.items():

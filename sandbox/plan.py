@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AttackPiece:
-    """One attack (or targeted attack) on one data set batch."""
+    """One attack (or targeted attack) on one or more data set batches that share an epsilon."""
 
     piece_id: str
     submission_id: str
     targeted: bool
-    batch_index: int
+    batch_indexes: tuple[int, ...]
     image_ids: tuple[str, ...]
     epsilon: int
     seed: int
@@ -69,18 +69,34 @@ def plan_attack_pieces(
     batch_size: int,
     epsilons: Sequence[int],
     run_seed: int,
+    piece_size: int = 1000,
 ) -> list[AttackPiece]:
-    """Every attack on every batch; batch `i` gets `epsilons[i % len(epsilons)]` for all attacks, as in 2017."""
+    """Every attack on every batch; batch `i` gets `epsilons[i % len(epsilons)]` for all attacks, as in 2017.
+
+    Batches that share an epsilon run in one container up to `piece_size` images: the attack's start-up (importing
+    a framework, loading weights) is then paid once per piece, not once per batch.
+    """
     image_batches = batches(image_ids, batch_size)
+    by_epsilon: dict[int, list[int]] = {}
+    for index in range(len(image_batches)):
+        by_epsilon.setdefault(int(epsilons[index % len(epsilons)]), []).append(index)
+    groups: list[tuple[int, list[int]]] = []
+    for epsilon, indexes in by_epsilon.items():
+        current: list[int] = []
+        for index in indexes:
+            if current and sum(len(image_batches[i]) for i in current) + len(image_batches[index]) > piece_size:
+                groups.append((epsilon, current))
+                current = []
+            current.append(index)
+        groups.append((epsilon, current))
     pieces = []
     for targeted, ids in ((False, attack_ids), (True, targeted_ids)):
         for sub_id in ids:
-            for index, batch in enumerate(image_batches):
-                piece_id = f"{'targeted_attack' if targeted else 'attack'}/{sub_id}/{index:05d}"
-                epsilon = int(epsilons[index % len(epsilons)])
-                pieces.append(
-                    AttackPiece(piece_id, sub_id, targeted, index, batch, epsilon, piece_seed(run_seed, piece_id))
-                )
+            for epsilon, indexes in groups:
+                piece_id = f"{'targeted_attack' if targeted else 'attack'}/{sub_id}/{indexes[0]:05d}-e{epsilon}"
+                images = tuple(image for i in indexes for image in image_batches[i])
+                seed = piece_seed(run_seed, piece_id)
+                pieces.append(AttackPiece(piece_id, sub_id, targeted, tuple(indexes), images, epsilon, seed))
     return pieces
 
 

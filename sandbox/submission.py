@@ -78,7 +78,7 @@ class SubmissionSet:
 
 def submission_id(path: Path) -> str:
     name = path.name
-    for suffix in ARCHIVE_SUFFIXES:
+    for suffix in (*ARCHIVE_SUFFIXES, ".tar"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -86,6 +86,11 @@ def submission_id(path: Path) -> str:
 
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def is_image_archive(path: Path) -> bool:
+    """A `docker save` tar of a submission image (`sandbox package --image --save`)."""
+    return path.is_file() and path.name.endswith(".tar")
 
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
@@ -141,13 +146,19 @@ def load_submission(path: Path, unpack_dir: Path | None = None) -> Submission:
     """Loads one submission folder or archive; archives are unpacked safely into `unpack_dir`."""
     path = Path(path)
     sub_id = submission_id(path)
-    if is_archive(path):
+    image = None
+    if is_archive(path) or is_image_archive(path):
         if unpack_dir is None:
             raise SubmissionError(f"{path}: archives need a folder to unpack into")
         folder = unpack_dir / sub_id
         if folder.exists():
             shutil.rmtree(folder)
-        unpack_archive(path, folder)
+        if is_image_archive(path):
+            from sandbox.submission_image import load_image_submission
+
+            folder, image = load_image_submission(path, folder)
+        else:
+            unpack_archive(path, folder)
     elif path.is_dir():
         folder = path
     else:
@@ -155,6 +166,11 @@ def load_submission(path: Path, unpack_dir: Path | None = None) -> Submission:
     root = find_root(folder)
     metadata = read_metadata(root / "metadata.json")
     check_entry_point(root, metadata.entry_point)
+    unreadable = unreadable_files(root)
+    if unreadable:
+        raise SubmissionError(f"{unreadable[0]}: not readable by the container's user; run `chmod -R a+rX {root}`")
+    if image is not None:  # a saved submission image runs as itself, whatever base its metadata names
+        metadata = metadata.model_copy(update={"container": image, "container_gpu": None})
     warnings = tuple(
         f"{root / 'metadata.json'}: unknown field '{name}' kept and ignored" for name in metadata.unknown_fields()
     )
@@ -171,7 +187,7 @@ def load_submissions(folders: list[Path], kind: SubmissionType, unpack_dir: Path
             result.left_out.append(LeftOut(folder.name, folder, f"{folder}: no such folder of {kind} submissions"))
             continue
         for entry in sorted(folder.iterdir()):
-            if entry.name.startswith(".") or not (entry.is_dir() or is_archive(entry)):
+            if entry.name.startswith(".") or not (entry.is_dir() or is_archive(entry) or is_image_archive(entry)):
                 continue
             sub_id = submission_id(entry)
             if sub_id in seen:
@@ -195,60 +211,89 @@ def load_submissions(folders: list[Path], kind: SubmissionType, unpack_dir: Path
     return result
 
 
-def _check_member_path(archive: Path, name: str) -> PurePosixPath:
+def _unsafe_path(name: str) -> bool:
     member = PurePosixPath(name)
-    if member.is_absolute() or ".." in member.parts or name.startswith(("/", "\\")) or "\\" in name:
-        raise SubmissionError(f"{archive}: unsafe path '{name}' in the archive; package with relative paths only")
-    return member
+    return member.is_absolute() or ".." in member.parts or name.startswith(("/", "\\")) or "\\" in name
+
+
+def archive_problems(archive: Path) -> list[str]:
+    """Every reason not to unpack an archive, one line each: unsafe paths, links, special files, size."""
+    problems: list[str] = []
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                entries = [(i.filename, i.external_attr >> 16, i.file_size) for i in zf.infolist()]
+            kinds = {name: _zip_kind(mode) for name, mode, _ in entries}
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                members = tf.getmembers()
+            entries = [(m.name, 0, m.size) for m in members]
+            kinds = {
+                m.name: "file"
+                if m.isreg()
+                else "folder"
+                if m.isdir()
+                else "link"
+                if m.issym() or m.islnk()
+                else "special file"
+                for m in members
+            }
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+        return [f"{archive}: not a readable archive ({exc}); re-create it with `sandbox package`"]
+    for name, _, _ in entries:
+        if _unsafe_path(name):
+            problems.append(f"{archive}: unsafe path '{name}'; package with relative paths only (`sandbox package`)")
+        elif kinds[name] in ("link", "special file"):
+            problems.append(f"{archive}: '{name}' is a {kinds[name]}; ship regular files only")
+    if len(entries) > MAX_ARCHIVE_FILES:
+        problems.append(f"{archive}: {len(entries)} files, more than {MAX_ARCHIVE_FILES}; ship fewer files")
+    total = sum(size for _, _, size in entries)
+    if total > MAX_ARCHIVE_BYTES:
+        problems.append(f"{archive}: unpacks to {total} bytes, more than {MAX_ARCHIVE_BYTES}; ship less")
+    return problems
+
+
+def _zip_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "link"
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "special file"
+    return "folder" if stat.S_ISDIR(mode) else "file"
 
 
 def unpack_archive(archive: Path, dest: Path) -> None:
-    """Unpacks refusing absolute and `..` paths, links, special files and archives too large to be honest."""
+    """Unpacks after `archive_problems` found nothing: no absolute or `..` paths, links or special files."""
+    problems = archive_problems(archive)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise SubmissionError(problems[0] + more)
     dest.mkdir(parents=True)
     if archive.name.endswith(".zip"):
-        _unpack_zip(archive, dest)
-    else:
-        _unpack_tar(archive, dest)
-
-
-def _check_totals(archive: Path, count: int, total: int) -> None:
-    if count > MAX_ARCHIVE_FILES:
-        raise SubmissionError(f"{archive}: {count} files, more than {MAX_ARCHIVE_FILES}; ship fewer files")
-    if total > MAX_ARCHIVE_BYTES:
-        raise SubmissionError(f"{archive}: unpacks to {total} bytes, more than {MAX_ARCHIVE_BYTES}; ship less")
-
-
-def _unpack_zip(archive: Path, dest: Path) -> None:
-    try:
         with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            _check_totals(archive, len(infos), sum(info.file_size for info in infos))
-            for info in infos:
-                member = _check_member_path(archive, info.filename)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
-                    raise SubmissionError(f"{archive}: '{info.filename}' is a link or special file; ship regular files")
-                target = dest / member
+            for info in zf.infolist():
+                target = dest / PurePosixPath(info.filename)
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
-                target.chmod(0o755 if mode & 0o111 else 0o644)
-    except zipfile.BadZipFile as exc:
-        raise SubmissionError(f"{archive}: not a readable zip archive ({exc}); re-create it") from None
-
-
-def _unpack_tar(archive: Path, dest: Path) -> None:
-    try:
+                target.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
+    else:
         with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()
-            _check_totals(archive, len(members), sum(m.size for m in members))
-            for member in members:
-                _check_member_path(archive, member.name)
-                if not (member.isreg() or member.isdir()):
-                    raise SubmissionError(f"{archive}: '{member.name}' is a link or special file; ship regular files")
             tf.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise SubmissionError(f"{archive}: not a readable tar archive ({exc}); re-create it") from None
+    for path in [dest, *dest.rglob("*")]:  # the container user (65534) must be able to read everything
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+
+
+def unreadable_files(root: Path) -> list[Path]:
+    """Files and folders the container's user (65534, 'other') could not read."""
+    bad = []
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        needed = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0)
+        if mode & needed != needed:
+            bad.append(path)
+    return bad

@@ -51,6 +51,8 @@ def _run_args(dataset: Path, attacks: Path, out: Path) -> list[str]:
         str(defenses),
         "--batch-size",
         "10",
+        "--attack-piece-size",
+        "10",
         "--defense-batch-size",
         "150",
         "--out",

@@ -34,6 +34,7 @@ def options(tmp_path: Path, dataset: Path, **overrides) -> RunOptions:
         dataset=dataset,
         out=tmp_path / "run",
         batch_size=10,
+        attack_piece_size=10,
         defense_batch_size=1000,
         limits=FAST,
         build_images=False,

@@ -24,17 +24,33 @@ from tests.submissions import NOOP_ATTACK, write_submission
 
 
 def test_epsilon_round_robin_per_batch():
-    pieces = plan_attack_pieces(["a"], ["t"], [f"i{n}" for n in range(10)], 3, parse_epsilons("4,8,12,16"), 0)
+    pieces = plan_attack_pieces(["a"], ["t"], [f"i{n}" for n in range(10)], 3, parse_epsilons("4,8,12,16"), 0, 3)
     attack = [p for p in pieces if not p.targeted]
     assert [p.epsilon for p in attack] == [4, 8, 12, 16]
     assert [len(p.image_ids) for p in attack] == [3, 3, 3, 1]
     assert all(p.targeted for p in pieces if p.submission_id == "t")
 
 
+def test_batches_sharing_an_epsilon_run_in_one_piece_up_to_the_piece_size():
+    images = [f"i{n:02d}" for n in range(20)]
+    pieces = plan_attack_pieces(["a"], [], images, 2, (4, 8), 0, piece_size=5)
+    assert [(p.epsilon, p.batch_indexes) for p in pieces] == [
+        (4, (0, 2)),
+        (4, (4, 6)),
+        (4, (8,)),
+        (8, (1, 3)),
+        (8, (5, 7)),
+        (8, (9,)),
+    ]
+    assert pieces[0].image_ids == ("i00", "i01", "i04", "i05")
+    covered = sorted(image for p in pieces for image in p.image_ids)
+    assert covered == images
+
+
 def test_piece_seeds_are_stable_and_distinct():
-    first = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 7)
-    again = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 7)
-    other_seed = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 8)
+    first = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 7, 1)
+    again = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 7, 1)
+    other_seed = plan_attack_pieces(["a", "b"], [], ["x", "y"], 1, (16,), 8, 1)
     assert [p.seed for p in first] == [p.seed for p in again]
     assert len({p.seed for p in first}) == 4
     assert [p.seed for p in first] != [p.seed for p in other_seed]
@@ -143,7 +159,7 @@ def test_archives_with_unsafe_paths_or_links_are_refused(tmp_path):
         info = tarfile.TarInfo("metadata.json")
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(info)
-    for archive, expected in ((slip, "unsafe path"), (linked, "link or special file")):
+    for archive, expected in ((slip, "unsafe path"), (linked, "is a link; ship regular files only")):
         with pytest.raises(SubmissionError, match=expected):
             load_submission(archive, tmp_path / "unpacked")
     assert not (tmp_path / "evil.sh").exists()

@@ -65,6 +65,7 @@ class JobOutcome:
     skipped_files: list[str] = field(default_factory=list)
     isolation: str = ""
     error: str | None = None
+    memory_peak_bytes: int | None = None  # measured only when the runtime is asked to (validate)
 
 
 class Runtime(Protocol):

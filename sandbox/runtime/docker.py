@@ -9,6 +9,7 @@ the files are read back through the keeper with `get_archive`, never by followin
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 
@@ -50,12 +51,43 @@ def device_requests(gpus: str | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=gpus.split(","), capabilities=[["gpu"]])]
 
 
+class _MemoryPeak:
+    """Samples a running container's memory use in a thread; cgroup v1 also reports its own maximum."""
+
+    def __init__(self, container) -> None:
+        self.container = container
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            try:
+                stats = self.container.stats(stream=False).get("memory_stats", {})
+            except (DockerException, requests.RequestException):
+                return
+            self.peak = max(self.peak, stats.get("max_usage") or 0, stats.get("usage") or 0)
+            self._done.wait(0.5)
+
+    def stop(self) -> int | None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        return self.peak or None
+
+
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, oci_runtime: str | None = None, keeper_image: str = KEEPER_IMAGE) -> None:
-        """`oci_runtime` is e.g. `runsc` for gVisor; None uses the daemon's default (runc)."""
+    def __init__(
+        self, oci_runtime: str | None = None, keeper_image: str = KEEPER_IMAGE, measure_memory: bool = False
+    ) -> None:
+        """`oci_runtime` is e.g. `runsc` for gVisor; None uses the daemon's default (runc).
+
+        `measure_memory` samples the container's memory twice a second (for `sandbox validate`).
+        """
         self.oci_runtime = oci_runtime
+        self.measure_memory = measure_memory
         self.keeper_image = keeper_image
         try:
             self.client = docker.from_env(timeout=120)
@@ -169,8 +201,10 @@ class DockerRuntime:
             )
             started = time.monotonic()
             container.start()
+            peak = _MemoryPeak(container) if self.measure_memory else None
             timed_out = self._wait(container, started + job.time_limit_s)
             wall = time.monotonic() - started
+            memory_peak = peak.stop() if peak else None
             container.reload()
             state = container.attrs["State"]
             stdout = container.logs(stdout=True, stderr=False, tail=2000)
@@ -187,6 +221,7 @@ class DockerRuntime:
                 files=files,
                 skipped_files=skipped,
                 isolation=self.isolation(),
+                memory_peak_bytes=memory_peak,
             )
         except ImageNotFound:
             return JobOutcome(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from sandbox.errors import SandboxError
 
 
-def make_runtime(name: str, isolation: str = "runc"):
+def make_runtime(name: str, isolation: str = "runc", measure_memory: bool = False):
     if name == "docker":
         from sandbox.runtime.docker import DockerRuntime
 
-        return DockerRuntime(oci_runtime="runsc" if isolation == "gvisor" else None)
+        oci_runtime = "runsc" if isolation == "gvisor" else None
+        return DockerRuntime(oci_runtime=oci_runtime, measure_memory=measure_memory)
     if name == "process":
         from sandbox.runtime.process import ProcessRuntime
 

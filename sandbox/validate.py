@@ -1,0 +1,426 @@
+"""`sandbox validate`: check a submission exactly as the organizers' run will, trial run included.
+
+Two levels. An **error** is anything that would leave the submission out, fail a piece, or count an image as
+failed or wrong in the run. A **warning** is what the run repairs silently (pixels beyond epsilon that clipping
+removes, a converted image mode, unknown metadata fields, a non-zero exit with complete outputs).
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from sandbox.bundled import default_dataset_dir
+from sandbox.dataset import DataSet, load_dataset
+from sandbox.errors import SubmissionError
+from sandbox.outputs_read import decode_image, encode_png, parse_result_csv
+from sandbox.pieces import RunContext, execute_attack, execute_defense
+from sandbox.plan import AttackPiece, piece_seed
+from sandbox.runtime import Limits, make_runtime
+from sandbox.runtime.base import JobOutcome
+from sandbox.submission import (
+    Submission,
+    archive_problems,
+    check_entry_point,
+    find_root,
+    is_archive,
+    is_image_archive,
+    load_submission,
+    read_metadata,
+    submission_id,
+    unpack_archive,
+    unreadable_files,
+)
+
+Level = Literal["error", "warning"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    where: str
+    message: str  # what is wrong and how to fix it
+
+    def line(self) -> str:
+        return f"{self.level}: {self.where}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    id: str
+    type: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    trial: dict = field(default_factory=dict)
+
+    def add(self, level: Level, where: Path | str, message: str) -> None:
+        self.findings.append(Finding(level, str(where), message))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+    def passed(self, strict: bool = False) -> bool:
+        return not self.errors and not (strict and self.warnings)
+
+    def to_dict(self, strict: bool = False) -> dict:
+        return {
+            "path": self.path,
+            "id": self.id,
+            "type": self.type,
+            "ok": self.passed(strict),
+            "errors": [asdict(f) for f in self.errors],
+            "warnings": [asdict(f) for f in self.warnings],
+            "trial": self.trial,
+        }
+
+
+def _examples(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_shebang(path: Path) -> str | None:
+    """The kernel runs the entry point: a script needs `#!` and LF line ends on that line."""
+    head = path.read_bytes()[:256]
+    if head.startswith(b"\x7fELF"):
+        return None
+    if not head.startswith(b"#!"):
+        return "no #! line, so it cannot be executed; start it with `#!/bin/sh` (or `#!/usr/bin/env python3`)"
+    if b"\r" in head.split(b"\n", 1)[0]:
+        return "its #! line ends in CRLF, so the interpreter is not found; convert the file with `dos2unix`"
+    return None
+
+
+def _check_static(path: Path, report: ValidationReport, unpack_dir: Path) -> Submission | None:
+    """Archive safety, metadata, entry point, readability: what decides whether the run admits it at all."""
+    if not path.exists():
+        report.add("error", path, "no such file or folder")
+        return None
+    if is_image_archive(path):
+        try:
+            submission = load_submission(path, unpack_dir)
+        except SubmissionError as exc:
+            where, _, message = str(exc).partition(": ")
+            report.add("error", where, message)
+            return None
+        report.type = submission.type
+        return submission
+    elif is_archive(path):
+        problems = archive_problems(path)
+        for problem in problems:
+            where, _, message = problem.partition(": ")
+            report.add("error", where, message)
+        if problems:
+            return None
+        folder = unpack_dir / report.id
+        unpack_archive(path, folder)
+    elif path.is_dir():
+        folder = path
+    else:
+        report.add("error", path, "not a folder or a .zip/.tar.gz archive; package it with `sandbox package`")
+        return None
+    try:
+        root = find_root(folder)
+        metadata = read_metadata(root / "metadata.json")
+    except SubmissionError as exc:
+        where, _, message = str(exc).partition(": ")
+        report.add("error", where, message)
+        return None
+    report.type = metadata.type
+    for name in metadata.unknown_fields():
+        report.add("warning", root / "metadata.json", f"unknown field '{name}' is kept and ignored")
+    try:
+        check_entry_point(root, metadata.entry_point)
+    except SubmissionError as exc:
+        where, _, message = str(exc).partition(": ")
+        report.add("error", where, message)
+        return None
+    problem = check_shebang(root / metadata.entry_point)
+    if problem:
+        report.add("error", root / metadata.entry_point, problem)
+    unreadable = unreadable_files(root)
+    if unreadable:
+        report.add("error", unreadable[0], f"not readable by the container's user; run `chmod -R a+rX {root}`")
+    if report.errors:
+        return None
+    return Submission(id=report.id, root=root.resolve(), metadata=metadata)
+
+
+def _png_info(data: bytes) -> tuple[tuple[int, int], str] | None:
+    """(size, mode) from the PNG header alone: nothing is decoded."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            return image.size, image.mode
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def _sample(dataset: DataSet, n: int) -> list[str]:
+    """`n` images spread evenly over the data set, the same every time."""
+    records = dataset.records
+    n = max(1, min(n, len(records)))
+    step = len(records) / n
+    return [records[int(i * step)].image_id for i in range(n)]
+
+
+def _check_attack_outputs(
+    report: ValidationReport,
+    submission: Submission,
+    dataset: DataSet,
+    outcome: JobOutcome,
+    names: dict[str, str],
+    clean: dict[str, np.ndarray],
+    epsilon: int,
+) -> tuple[bool, int]:
+    """Returns (every image usable, number of failed images)."""
+    entry = submission.root / submission.metadata.entry_point
+    missing, not_png, wrong_size, unreadable, wrong_mode = [], [], [], [], []
+    over_pixels, worst = 0, 0
+    for image_id, name in names.items():
+        data = outcome.files.get(name)
+        if data is None:
+            missing.append(name)
+            continue
+        if not data.startswith(PNG_MAGIC):
+            not_png.append(name)
+            continue
+        info = _png_info(data)
+        pixels = decode_image(data, dataset.size, dataset.mode)
+        if info is None or pixels is None:
+            if info is not None and info[0] != dataset.size:
+                wrong_size.append(f"{name} ({info[0][0]}x{info[0][1]})")
+            else:
+                unreadable.append(name)
+            continue
+        if info[1] != dataset.mode:
+            wrong_mode.append(f"{name} ({info[1]})")
+        excess = np.abs(pixels.astype(np.int16) - clean[image_id].astype(np.int16)) - epsilon
+        over_pixels += int(np.count_nonzero(excess > 0))
+        worst = max(worst, int(excess.max()))
+    n = len(names)
+    size = f"{dataset.size[0]}x{dataset.size[1]}"
+    if missing:
+        report.add(
+            "error",
+            entry,
+            f"{len(missing)} of {n} output images missing ({_examples(missing)}); write one "
+            "PNG per input image into the output folder, with the input's exact file name",
+        )
+    if not_png:
+        report.add(
+            "error",
+            entry,
+            f"{len(not_png)} of {n} outputs are not PNG files ({_examples(not_png)}); "
+            "save with format='PNG' (JPEG loses pixels and is refused)",
+        )
+    if wrong_size:
+        report.add(
+            "error",
+            entry,
+            f"{len(wrong_size)} of {n} images have the wrong size ({_examples(wrong_size)}); "
+            f"keep the input's size, {size}",
+        )
+    if unreadable:
+        report.add("error", entry, f"{len(unreadable)} of {n} images cannot be decoded ({_examples(unreadable)})")
+    if wrong_mode:
+        report.add(
+            "warning",
+            entry,
+            f"{len(wrong_mode)} of {n} images are not mode {dataset.mode} "
+            f"({_examples(wrong_mode)}); the run converts them",
+        )
+    if over_pixels:
+        report.add(
+            "warning",
+            entry,
+            f"{over_pixels} pixel values exceed epsilon {epsilon} by up to {worst}; the run "
+            "clips them to [x - eps, x + eps]",
+        )
+    extra = sorted(set(outcome.files) - set(names.values()))
+    if extra or outcome.skipped_files:
+        report.add("warning", entry, f"unexpected outputs are ignored: {_examples(extra + outcome.skipped_files)}")
+    failed = len(missing) + len(not_png) + len(wrong_size) + len(unreadable)
+    return failed == 0, failed
+
+
+def _check_defense_outputs(
+    report: ValidationReport,
+    submission: Submission,
+    dataset: DataSet,
+    outcome: JobOutcome,
+    by_name: dict[str, str],
+) -> tuple[bool, float | None]:
+    entry = submission.root / submission.metadata.entry_point
+    data = outcome.files.get("result.csv")
+    if data is None:
+        report.add(
+            "error",
+            entry,
+            "wrote no result.csv; write one `FILENAME,LABEL` line per image to the path given as the second argument",
+        )
+        return False, None
+    labels, bad = parse_result_csv(data, set(by_name))
+    n = len(by_name)
+    if bad:
+        lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+        bad_examples = [line for line in lines if line.split(",")[0].strip() not in labels][:2]
+        report.add(
+            "error",
+            entry,
+            f"{bad} result.csv lines cannot be parsed (e.g. {bad_examples!r}); write "
+            "`FILENAME,LABEL` with the input's exact file name and an integer label",
+        )
+    missing = [name for name in by_name if name not in labels]
+    if missing:
+        report.add(
+            "error",
+            entry,
+            f"{len(missing)} of {n} images have no label ({_examples(missing)}); they count "
+            "as wrong: label every input image",
+        )
+    out_of_range = sorted({label for label in labels.values() if not 0 <= label < dataset.num_classes})
+    if out_of_range:
+        report.add(
+            "error", entry, f"labels {out_of_range[:5]} are outside 0..{dataset.num_classes - 1}; they count as wrong"
+        )
+    records = dataset.by_id()
+    correct = sum(1 for name, image_id in by_name.items() if labels.get(name) == records[image_id].true_label)
+    return not (bad or missing or out_of_range), round(correct / n, 4) if n else None
+
+
+def _check_run(
+    report: ValidationReport,
+    submission: Submission,
+    outcome: JobOutcome,
+    outputs_ok: bool,
+    limits: Limits,
+    n_images: int,
+) -> None:
+    entry = submission.root / submission.metadata.entry_point
+    if outcome.error:
+        report.add("error", entry, outcome.error)
+    elif outcome.timed_out:
+        report.add(
+            "error",
+            entry,
+            f"timed out after {outcome.wall_s:.0f} s on {n_images} images (limit "
+            f"{limits.time_per_100_images:g} s per 100 images); make it faster",
+        )
+    elif outcome.oom_killed:
+        report.add(
+            "error",
+            entry,
+            f"killed for using more than {limits.memory} of memory; use less (or ask the organizers for the limit)",
+        )
+    elif outcome.exit_code != 0:
+        level: Level = "warning" if outputs_ok else "error"
+        what = "although its outputs are complete" if outputs_ok else "and its outputs are incomplete"
+        report.add(level, entry, f"exited with code {outcome.exit_code} {what}; exit 0 when done")
+    forecast = outcome.wall_s / max(n_images, 1) * 100
+    if not outcome.timed_out and forecast > limits.time_per_100_images:
+        report.add(
+            "error",
+            entry,
+            f"forecast {forecast:.0f} s per 100 images is over the limit of "
+            f"{limits.time_per_100_images:g} s; make it faster",
+        )
+
+
+def validate_submission(
+    path: Path,
+    dataset_dir: Path | None = None,
+    limits: Limits | None = None,
+    epsilon: int = 16,
+    images: int = 20,
+    runtime_name: str = "docker",
+    build_images: bool = True,
+    seed: int = 0,
+) -> ValidationReport:
+    """Checks a submission folder or archive; never raises for a problem of the submission itself."""
+    path = Path(path)
+    limits = limits or Limits()
+    report = ValidationReport(path=str(path), id=submission_id(path))
+    work = Path(tempfile.mkdtemp(prefix="sbx-validate-"))
+    try:
+        submission = _check_static(path, report, work / "unpacked")
+        if submission is None:
+            return report
+        runtime = make_runtime(runtime_name, measure_memory=True)
+        image = submission.image(False)
+        problems = runtime.check([image])
+        if image in problems and image.startswith("adversarial-sandbox/") and build_images:
+            from sandbox.images import TARGETS, image_tag
+            from sandbox.images import build_images as build
+
+            build(tuple(t for t in TARGETS if image_tag(t) in problems), log=lambda _: None)
+            problems = runtime.check([image])
+        if image in problems:
+            report.add("error", submission.root / "metadata.json", f"container: {problems[image]}")
+            return report
+        dataset = load_dataset(dataset_dir or default_dataset_dir())
+        _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed) -> None:
+    sample = _sample(dataset, images)
+    ctx = RunContext(f"validate-{secrets.token_hex(4)}", work, secrets.token_hex(16), limits)
+    piece_id = f"validate/{submission.id}"
+    if submission.type == "defense":
+        inputs = {image_id: encode_png(dataset.load_pixels(image_id)) for image_id in sample}
+        outcome, by_name, time_limit = execute_defense(
+            piece_id, piece_seed(seed, piece_id), submission, ctx, runtime, inputs
+        )
+        outputs_ok, accuracy = _check_defense_outputs(report, submission, dataset, outcome, by_name)
+        report.trial["accuracy_on_sample"] = accuracy
+    else:
+        piece = AttackPiece(
+            piece_id,
+            submission.id,
+            submission.type == "targeted_attack",
+            0,
+            tuple(sample),
+            epsilon,
+            piece_seed(seed, piece_id),
+        )
+        execution = execute_attack(piece, submission, dataset, ctx, runtime)
+        outcome, time_limit = execution.outcome, execution.time_limit
+        outputs_ok, failed = _check_attack_outputs(
+            report, submission, dataset, outcome, execution.names, execution.clean, epsilon
+        )
+        report.trial["failed_images"] = failed
+        report.trial["epsilon"] = epsilon
+    _check_run(report, submission, outcome, outputs_ok, limits, len(sample))
+    report.trial.update(
+        {
+            "images": len(sample),
+            "dataset": str(dataset.root),
+            "wall_s": round(outcome.wall_s, 3),
+            "time_limit_s": time_limit,
+            "forecast_s_per_100_images": round(outcome.wall_s / len(sample) * 100, 1),
+            "limit_s_per_100_images": limits.time_per_100_images,
+            "forecast_full_dataset_s": round(outcome.wall_s / len(sample) * len(dataset.records), 1),
+            "memory_peak_bytes": outcome.memory_peak_bytes,
+            "memory_limit": limits.memory,
+            "exit_code": outcome.exit_code,
+            "isolation": outcome.isolation,
+        }
+    )
+    if report.findings:
+        report.trial["stderr_tail"] = outcome.stderr_tail[-3000:] or outcome.stdout_tail[-3000:]
