@@ -289,6 +289,117 @@ def run(
 
 
 @main.command()
+@click.argument("submission", type=click.Path(path_type=Path))
+@click.option(
+    "--dataset", type=click.Path(path_type=Path), help="Data set for the trial run. Default: the shipped one."
+)
+@click.option("--images", default=20, show_default=True, type=click.IntRange(1), help="Images in the trial run.")
+@click.option("--epsilon", default=16, show_default=True, type=click.IntRange(0, 255), help="Epsilon of the trial.")
+@click.option(
+    "--time-limit",
+    default=500.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds per 100 images, as in the run.",
+)
+@click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory limit, as in the run.")
+@click.option("--cpus", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="CPUs, as in the run.")
+@click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes, as in the run.")
+@click.option("--output-size", default="512m", show_default=True, callback=_size, help="Output cap, as in the run.")
+@click.option(
+    "--runtime", "runtime_name", type=click.Choice(["docker", "process"]), default="docker", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Warnings count as errors.")
+def validate(
+    submission, dataset, images, epsilon, time_limit, memory, cpus, pids, output_size, runtime_name, as_json, strict
+) -> None:
+    """Check a submission exactly as the organizers' run will, trial run included."""
+    import json
+
+    from sandbox.validate import validate_submission
+
+    limits = Limits(time_per_100_images=time_limit, memory=memory, cpus=cpus, pids=pids, output_size=output_size)
+    try:
+        report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name)
+    except SandboxError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    if as_json:
+        out_console.print_json(json.dumps(report.to_dict(strict)))
+    else:
+        for finding in report.findings:
+            color = "red" if finding.level == "error" else "yellow"
+            out_console.print(
+                f"[{color}]{finding.level}:[/{color}] {finding.where}: {finding.message}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        trial = report.trial
+        if trial:
+            peak = trial.get("memory_peak_bytes")
+            memory_text = f"{peak / 1024**2:.0f} MiB of {trial['memory_limit']}" if peak else "not measured"
+            out_console.print(
+                f"trial: {trial['images']} images in {trial['wall_s']:.1f} s; forecast "
+                f"{trial['forecast_s_per_100_images']:g} s per 100 images (limit {trial['limit_s_per_100_images']:g}), "
+                f"{trial['forecast_full_dataset_s']:g} s for the whole data set; memory peak {memory_text}",
+                highlight=False,
+            )
+            if trial.get("accuracy_on_sample") is not None:
+                out_console.print(f"accuracy on the trial images: {trial['accuracy_on_sample']:.1%}", highlight=False)
+            if trial.get("stderr_tail"):
+                out_console.print("last lines of its output:", highlight=False)
+                for line in trial["stderr_tail"].strip().splitlines()[-10:]:
+                    out_console.print(f"  {line}", highlight=False, markup=False)
+        verdict = "[green]ok[/green]" if report.passed(strict) else "[red]not ok[/red]"
+        out_console.print(f"{report.id}: {verdict} ({len(report.errors)} errors, {len(report.warnings)} warnings)")
+    sys.exit(0 if report.passed(strict) else 1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Archive to write. Default: FOLDER.zip beside it.")
+@click.option("--allow-large", is_flag=True, help="Keep files over 100 MiB.")
+@click.option("--image", "build_image", is_flag=True, help="Also build a self-contained image with the code in it.")
+@click.option(
+    "--save", type=click.Path(path_type=Path), help="Write the image as a `docker save` tar (implies --image)."
+)
+def package(folder, out, allow_large, build_image, save) -> None:
+    """Write a deterministic submission archive (and optionally an image)."""
+    from sandbox.package import package_submission
+
+    try:
+        result = package_submission(folder, out, allow_large, build_image, save)
+    except SandboxError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    for relative, why in result.left_out:
+        console.print(f"left out {relative}: {why}", highlight=False)
+    out_console.print(f"wrote {result.archive} ({len(result.files)} files)", highlight=False)
+    if result.image:
+        out_console.print(f"built image {result.image}", highlight=False)
+    if result.saved_image:
+        out_console.print(f"saved it to {result.saved_image}; `sandbox run` and `validate` accept it", highlight=False)
+
+
+@main.command("new")
+@click.argument("kind", type=click.Choice(["attack", "targeted_attack", "defense"]))
+@click.argument("name")
+@click.option("--framework", type=click.Choice(["torch", "tensorflow"]), default="torch", show_default=True)
+@click.option("--dir", "parent", type=click.Path(path_type=Path), default=Path("."), help="Where to create it.")
+def new(kind, name, framework, parent) -> None:
+    """Write a ready submission folder that passes `sandbox validate` as it is."""
+    from sandbox.scaffold import new_submission
+
+    try:
+        folder = new_submission(kind, name, parent, framework)
+    except SandboxError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    out_console.print(f"wrote {folder}; next: sandbox validate {folder}", highlight=False)
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-score a run folder from its stored results and rewrite its outputs."""

@@ -43,6 +43,20 @@ def docker_ready() -> None:
         pytest.skip(problem)
 
 
+@pytest.fixture(scope="session")
+def tensorflow_image(docker_ready) -> None:
+    """The TensorFlow runtime image is large: CI builds it, a developer may not have."""
+    import docker
+
+    try:
+        docker.from_env().images.get("adversarial-sandbox/tensorflow-cpu:0.1")
+    except Exception:
+        message = "image adversarial-sandbox/tensorflow-cpu:0.1 missing: run `sandbox images build`"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}")
+        pytest.skip(message)
+
+
 def make_small_dataset(dest: Path, n: int) -> Path:
     """The first `n` images of the shipped data set, as a data set folder of its own."""
     source = default_dataset_dir()
