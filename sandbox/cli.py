@@ -340,7 +340,7 @@ def validate(
             peak = trial.get("memory_peak_bytes")
             memory_text = f"{peak / 1024**2:.0f} MiB of {trial['memory_limit']}" if peak else "not measured"
             out_console.print(
-                f"trial: {trial['images']} images in {trial['wall_s']:.1f} s; forecast "
+                f"trial: {trial['images']} images in {trial['wall_s']:.1f} s; forecast at most "
                 f"{trial['forecast_s_per_100_images']:g} s per 100 images (limit {trial['limit_s_per_100_images']:g}), "
                 f"{trial['forecast_full_dataset_s']:g} s for the whole data set; memory peak {memory_text}",
                 highlight=False,
