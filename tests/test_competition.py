@@ -214,3 +214,38 @@ for f in "$1"/*.png; do
 done > "$2"
 echo "garbage line" >> "$2"
 """
+
+
+HOSTILE = {
+    # Each writes its images only if its escape failed, so a clean score means it stayed inside.
+    "network": "#!/usr/bin/env python3\nimport shutil, socket, sys, pathlib\ntry:\n"
+    "    socket.create_connection(('1.1.1.1', 53), timeout=2)\n    sys.exit(0)\nexcept OSError:\n    pass\n"
+    "for p in pathlib.Path(sys.argv[1]).glob('*.png'):\n    shutil.copy(p, sys.argv[2])\n",
+    "write_host": '#!/bin/sh\ntouch /code/planted /etc/planted /input_images/planted 2>/dev/null && exit 0\n'
+    'cp "$1"/*.png "$2"/\n',
+    "symlinks": '#!/bin/sh\nfor f in "$1"/*.png; do ln -s /etc/passwd "$2/$(basename "$f")"; done\n',
+    "memory_hog": "#!/usr/bin/env python3\nblocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))\n",
+    "fork_bomb": '#!/bin/sh\nbomb() { bomb | bomb & }\nbomb\nsleep 60\n',
+    "fill_output": '#!/bin/sh\ncp "$1"/*.png "$2"/\ndd if=/dev/zero of="$2/fill" bs=1M count=64 2>/dev/null\nexit 0\n',
+}
+
+
+def test_hostile_submissions_stay_inside_and_the_run_goes_on(tmp_path, small_dataset):
+    attacks, _, defenses = folders(tmp_path)
+    for name, script in HOSTILE.items():
+        write_submission(attacks, name, "attack", script)
+    write_submission(defenses, "always3", "defense", FIXED_LABEL_DEFENSE)
+    limits = Limits(time_per_100_images=50.0, memory="256m", cpus=1.0, pids=64, output_size="8m")
+    result = run_competition(options(tmp_path, small_dataset, limits=limits, attack_piece_size=20))
+
+    failures = result.results["failures"]
+    assert failures["network"]["failed_images"] == 0, failures["network"]
+    assert failures["write_host"]["failed_images"] == 0, failures["write_host"]
+    assert not list(attacks.glob("*/planted")) and not list(small_dataset.glob("**/planted"))
+    assert failures["symlinks"]["failed_images"] == 20 and failures["symlinks"]["skipped_output_files"] == 20
+    assert failures["memory_hog"]["oom_kills"] == 1 and failures["memory_hog"]["failed_images"] == 20
+    assert failures["fork_bomb"]["timeouts"] == 1
+    assert failures["fill_output"]["failed_images"] == 0 and failures["fill_output"]["pieces_failed"] == 0
+    assert result.results["scores"]["defense"]["always3"] > 0
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["settings"]["limits"]["pids"] == 64 and manifest["settings"]["isolation"] == "docker/runc"

@@ -92,8 +92,14 @@ class DockerRuntime:
         try:
             self.client = docker.from_env(timeout=120)
             self.client.ping()
+            runtimes = self.client.info().get("Runtimes", {}) if oci_runtime else {}
         except (DockerException, requests.RequestException) as exc:
             raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
+        if oci_runtime and oci_runtime not in runtimes:
+            raise RuntimeUnavailable(
+                f"Docker has no '{oci_runtime}' runtime (it has {', '.join(sorted(runtimes))}); for gVisor install "
+                "Debian's runsc, register it in /etc/docker/daemon.json and restart dockerd"
+            )
 
     def isolation(self) -> str:
         return f"docker/{self.oci_runtime or 'runc'}"
