@@ -86,9 +86,12 @@ def test_resume_after_sigkill_gives_identical_scores(tmp_path):
         time.sleep(0.2)
         if not (out / "store.sqlite").exists():
             continue
-        with sqlite3.connect(out / "store.sqlite") as db:
-            run_id = (db.execute("SELECT value FROM meta WHERE key = 'run_id'").fetchone() or [None])[0]
-            done = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
+        try:
+            with sqlite3.connect(out / "store.sqlite") as db:
+                run_id = (db.execute("SELECT value FROM meta WHERE key = 'run_id'").fetchone() or [None])[0]
+                done = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue  # the run is still creating its store
         if run_id and done >= 3 and any(c.status == "running" for c in _labelled_containers(client, run_id)):
             break
     else:
