@@ -20,11 +20,11 @@ from pathlib import Path
 
 import docker
 import requests
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, ImageNotFound
 
 from sandbox.bundled import dockerfile_dir
-from sandbox.errors import ImageBuildError, RuntimeUnavailable
-from sandbox.runtime.docker import DOCKER_HELP
+from sandbox.errors import ImageBuildError
+from sandbox.runtime.docker import docker_client
 
 TARGETS = ("base", "torch-cpu", "tensorflow-cpu")  # in Dockerfile order: the classic builder runs earlier stages
 IMAGE_VERSION = "0.1"
@@ -146,15 +146,6 @@ def _content_hash(target: str, context: Path, base_id: str) -> str:
     return digest.hexdigest()
 
 
-def _client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-        return client
-    except (DockerException, requests.RequestException) as exc:
-        raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
-
-
 def bootstrap_base(client: docker.DockerClient, log: Log) -> str:
     """Makes a Debian bookworm image with python3 and venv when no base image can be pulled (about a minute)."""
     try:
@@ -226,7 +217,7 @@ def build_images(
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         raise ImageBuildError(f"unknown image target {unknown[0]}; choose from {', '.join(TARGETS)}")
-    client = _client()
+    client = docker_client(timeout=600)
     source = source or WheelSource()
     context = cache_root() / "build"
     context.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,33 @@ def _environment(ctx: RunContext, seed: int) -> dict[str, str]:
     }
 
 
+def _job(
+    ctx: RunContext,
+    piece_id: str,
+    seed: int,
+    submission: Submission,
+    work: Path,
+    output_mount: str,
+    args: tuple[str, ...],
+    time_limit: float,
+    gpu: str | None,
+) -> ContainerJob:
+    return ContainerJob(
+        run_id=ctx.run_id,
+        piece_id=piece_id,
+        image=submission.image(ctx.use_gpu and gpu is not None),
+        code_dir=str(submission.root),
+        entry_point=submission.metadata.entry_point,
+        input_dir=str(work / "input"),
+        output_mount=output_mount,
+        args=args,
+        env=_environment(ctx, seed),
+        time_limit_s=time_limit,
+        limits=ctx.limits,
+        gpus=gpu,
+    )
+
+
 def _status(outcome: JobOutcome) -> str:
     return "ok" if outcome.error is None and not outcome.timed_out and outcome.exit_code == 0 else "failed"
 
@@ -152,20 +179,8 @@ def execute_attack(
             lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in piece.image_ids)
             (work / "input" / "target_class.csv").write_text(lines)
         time_limit = ctx.limits.time_limit(len(piece.image_ids))
-        job = ContainerJob(
-            run_id=ctx.run_id,
-            piece_id=piece.piece_id,
-            image=submission.image(ctx.use_gpu and gpu is not None),
-            code_dir=str(submission.root),
-            entry_point=submission.metadata.entry_point,
-            input_dir=str(work / "input"),
-            output_mount="/output_images",
-            args=("{input}", "{output}", str(piece.epsilon)),
-            env=_environment(ctx, piece.seed),
-            time_limit_s=time_limit,
-            limits=ctx.limits,
-            gpus=gpu,
-        )
+        args = ("{input}", "{output}", str(piece.epsilon))
+        job = _job(ctx, piece.piece_id, piece.seed, submission, work, "/output_images", args, time_limit, gpu)
         outcome = runtime.run(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -239,20 +254,8 @@ def execute_defense(
             else:
                 shutil.copyfile(source, work / "input" / name)
         time_limit = ctx.limits.time_limit(len(inputs))
-        job = ContainerJob(
-            run_id=ctx.run_id,
-            piece_id=piece_id,
-            image=submission.image(ctx.use_gpu and gpu is not None),
-            code_dir=str(submission.root),
-            entry_point=submission.metadata.entry_point,
-            input_dir=str(work / "input"),
-            output_mount="/output_data",
-            args=("{input}", "{output}/result.csv"),
-            env=_environment(ctx, seed),
-            time_limit_s=time_limit,
-            limits=ctx.limits,
-            gpus=gpu,
-        )
+        args = ("{input}", "{output}/result.csv")
+        job = _job(ctx, piece_id, seed, submission, work, "/output_data", args, time_limit, gpu)
         outcome = runtime.run(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)

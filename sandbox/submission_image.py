@@ -11,25 +11,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import docker
-import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 
 from sandbox.errors import SandboxError, SubmissionError
-from sandbox.runtime.docker import DOCKER_HELP
+from sandbox.runtime.docker import docker_client
 from sandbox.store import write_atomically
 
 ID_LABEL = "org.adversarial-sandbox.submission-id"
 IMAGE_REPOSITORY = "adversarial-sandbox-submission"
-
-
-def _client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-        return client
-    except (DockerException, requests.RequestException) as exc:
-        raise SandboxError(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
 
 
 def image_name(submission_id: str, content: str) -> str:
@@ -39,7 +28,7 @@ def image_name(submission_id: str, content: str) -> str:
 
 def build_submission_image(archive: Path, base_image: str, content: str) -> str:
     """FROM the submission's container, with its files at /code: it runs with no mount of its own."""
-    client = _client()
+    client = docker_client(timeout=600)
     submission_id = archive.name.removesuffix(".zip")
     tag = image_name(submission_id, content)
     with tempfile.TemporaryDirectory(prefix="sbx-image-") as tmp:
@@ -61,7 +50,7 @@ def build_submission_image(archive: Path, base_image: str, content: str) -> str:
 
 def save_image(tag: str, dest: Path) -> Path:
     """`docker save` of one image into `dest` (a .tar that `sandbox run` and `validate` accept)."""
-    client = _client()
+    client = docker_client(timeout=600)
     chunks = client.images.get(tag).save(named=True)
     write_atomically(dest, b"".join(chunks))
     return dest
@@ -70,7 +59,7 @@ def save_image(tag: str, dest: Path) -> Path:
 def load_image_submission(tar: Path, dest: Path) -> tuple[Path, str]:
     """Loads a saved submission image and copies its /code into `dest`; returns (dest, image tag)."""
     try:
-        client = _client()
+        client = docker_client(timeout=600)
         with tar.open("rb") as f:
             loaded = client.images.load(f.read())
     except (SandboxError, APIError, OSError) as exc:

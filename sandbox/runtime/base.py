@@ -67,6 +67,11 @@ class JobOutcome:
     error: str | None = None
     memory_peak_bytes: int | None = None  # measured only when the runtime is asked to (validate)
 
+    @classmethod
+    def refused(cls, error: str, isolation: str) -> JobOutcome:
+        """The submission never ran (no image, an entry point the kernel refused): the piece fails."""
+        return cls(None, False, False, 0.0, "", "", isolation=isolation, error=error)
+
 
 class Runtime(Protocol):
     name: str

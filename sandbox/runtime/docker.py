@@ -37,6 +37,16 @@ DOCKER_HELP = (
 )
 
 
+def docker_client(timeout: int = 120) -> docker.DockerClient:
+    """A client that has answered a ping, or the one-line error that says how to get Docker running."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except (DockerException, requests.RequestException) as exc:
+        raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
+
+
 def _name(run_id: str, piece_id: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", piece_id)[-80:]
     return f"sbx-{run_id[:12]}-{slug}-{uuid.uuid4().hex[:6]}"
@@ -89,9 +99,8 @@ class DockerRuntime:
         self.oci_runtime = oci_runtime
         self.measure_memory = measure_memory
         self.keeper_image = keeper_image
+        self.client = docker_client()
         try:
-            self.client = docker.from_env(timeout=120)
-            self.client.ping()
             runtimes = self.client.info().get("Runtimes", {}) if oci_runtime else {}
         except (DockerException, requests.RequestException) as exc:
             raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
@@ -230,28 +239,10 @@ class DockerRuntime:
                 memory_peak_bytes=memory_peak,
             )
         except ImageNotFound:
-            return JobOutcome(
-                None,
-                False,
-                False,
-                0.0,
-                "",
-                "",
-                isolation=self.isolation(),
-                error=f"image {job.image} not found; build or pull it before the run",
-            )
+            return JobOutcome.refused(f"image {job.image} not found; build or pull it before the run", self.isolation())
         except APIError as exc:
             # The daemon refused this container (bad image entry, bad mount): the piece fails, the run goes on.
-            return JobOutcome(
-                None,
-                False,
-                False,
-                0.0,
-                "",
-                "",
-                isolation=self.isolation(),
-                error=f"Docker refused the container: {exc.explanation or exc}",
-            )
+            return JobOutcome.refused(f"Docker refused the container: {exc.explanation or exc}", self.isolation())
         finally:
             for leftover in (container, keeper):
                 if leftover is not None:

@@ -57,16 +57,7 @@ class ProcessRuntime:
                         start_new_session=True,
                     )
                 except OSError as exc:
-                    return JobOutcome(
-                        None,
-                        False,
-                        False,
-                        0.0,
-                        "",
-                        "",
-                        isolation=self.isolation(),
-                        error=f"could not start {entry}: {exc.strerror}",
-                    )
+                    return JobOutcome.refused(f"could not start {entry}: {exc.strerror}", self.isolation())
                 try:
                     exit_code: int | None = process.wait(timeout=job.time_limit_s)
                 except subprocess.TimeoutExpired:
