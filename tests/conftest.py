@@ -26,7 +26,12 @@ def _docker_problem() -> str | None:
         client.ping()
     except Exception as exc:  # any failure to reach the daemon means the same thing here
         return f"Docker is not reachable: {exc}"
-    for tag in ("adversarial-sandbox/base:0.1", "adversarial-sandbox/torch-cpu:0.1"):
+    # The shipped samples use all three; a missing one is built by `sandbox run`, but slowly, so ask for it here.
+    for tag in (
+        "adversarial-sandbox/base:0.1",
+        "adversarial-sandbox/torch-cpu:0.1",
+        "adversarial-sandbox/tensorflow-cpu:0.1",
+    ):
         try:
             client.images.get(tag)
         except Exception:

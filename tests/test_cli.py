@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -35,20 +36,24 @@ def test_usage_errors_exit_2(tmp_path):
     assert result.exit_code == 2 and "0..255" in result.output
 
 
-def _run_args(dataset: Path, attacks: Path, out: Path) -> list[str]:
-    defenses = sample_dirs("defense")[0]
+def _samples(dest: Path, kind: str, names: list[str]) -> Path:
+    """A few shipped samples: randomized (SANDBOX_SEED), white-box torch, targeted, and a torch defense."""
+    for name in names:
+        shutil.copytree(sample_dirs(kind)[0] / name, dest / name)
+    return dest
+
+
+def _run_args(dataset: Path, root: Path, out: Path) -> list[str]:
     return [
         "run",
         "--dataset",
         str(dataset),
         "--attacks",
-        str(attacks),
-        "--attacks",
-        str(sample_dirs("attack")[0]),
+        str(root / "attacks"),
         "--targeted-attacks",
-        str(sample_dirs("targeted_attack")[0]),
+        str(root / "targeted"),
         "--defenses",
-        str(defenses),
+        str(root / "defenses"),
         "--batch-size",
         "10",
         "--attack-piece-size",
@@ -67,15 +72,18 @@ def _labelled_containers(client: docker.DockerClient, run_id: str) -> list:
 @pytest.mark.usefixtures("docker_ready")
 def test_resume_after_sigkill_gives_identical_scores(tmp_path):
     dataset = make_small_dataset(tmp_path / "data", 40)
-    attacks = tmp_path / "extra_attacks"
+    root = tmp_path / "submissions"
+    attacks = _samples(root / "attacks", "attack", ["noop", "random_noise", "fgsm"])
+    _samples(root / "targeted", "targeted_attack", ["step_target_class"])
+    _samples(root / "defenses", "defense", ["base_torch"])
     write_submission(attacks, "slow", "attack", "#!/bin/sh\nsleep 3\n" + NOOP_ATTACK.split("\n", 1)[1])
 
-    straight = CliRunner().invoke(main, _run_args(dataset, attacks, tmp_path / "straight"))
+    straight = CliRunner().invoke(main, _run_args(dataset, root, tmp_path / "straight"))
     assert straight.exit_code == 0, straight.output
 
     out = tmp_path / "interrupted"
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.cli", *_run_args(dataset, attacks, out)],
+        [sys.executable, "-m", "sandbox.cli", *_run_args(dataset, root, out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -102,7 +110,7 @@ def test_resume_after_sigkill_gives_identical_scores(tmp_path):
     assert _labelled_containers(client, run_id), "the killed run should have left its container behind"
     assert not (out / "results.json").exists()
 
-    resumed = CliRunner().invoke(main, _run_args(dataset, attacks, out))
+    resumed = CliRunner().invoke(main, _run_args(dataset, root, out))
     assert resumed.exit_code == 0, resumed.output
     assert "already done" in resumed.output
     assert not _labelled_containers(client, run_id)

@@ -1,7 +1,8 @@
-"""FGSM (Goodfellow et al., 2015), white-box against base_torch, without true labels.
+"""FGSM (Goodfellow et al., 2015): one signed-gradient step that raises the loss of the source model's prediction.
 
 x_adv = clip(x + epsilon * sign(grad_x J(theta, x, y_pred)), 0, 255) in pixel units, where y_pred is the model's own
-prediction on x (attacks are not given labels; Kurakin et al. (2017) note this also avoids label leaking).
+prediction on x (attacks are not given labels; Kurakin et al. (2017) note this also avoids label leaking). The
+source model is whatever model.py and model.pt hold: base_torch's as shipped (white-box against base_torch).
 
 Usage: python3 attack.py INPUT_DIR OUTPUT_DIR EPSILON
 """

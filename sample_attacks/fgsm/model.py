@@ -1,8 +1,9 @@
-"""A small Fashion-MNIST CNN in the spirit of model A of Tramèr et al. (2018), "Ensemble Adversarial Training".
+"""Model A: a small Fashion-MNIST CNN in the spirit of MNIST model A of Tramèr et al. (2018).
 
-Model A is conv 64 5x5 -> conv 64 5x5 -> dropout -> fc 128 -> dropout -> fc 10. Here the convolutions have 32 and
-64 filters and each is followed by 2x2 max pooling, which keeps the weights under 1 MB (every white-box attack ships
-a copy). Input: float [N, 1, 28, 28] in [0, 1]; output: logits [N, 10].
+The paper's model A is conv 64 5x5 -> conv 64 5x5 -> dropout -> fc 128 -> dropout -> fc 10. Here the convolutions
+have 32 and 64 filters and each is followed by 2x2 max pooling, which keeps the weights under 1 MB (every white-box
+attack ships a copy). base_torch, adv_torch and ens_adv_torch share this file and differ only in their weights.
+Input: float [N, 1, 28, 28] in [0, 1]; output: logits [N, 10].
 """
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 NUM_CLASSES = 10
 
 
-class BaseTorchModel(nn.Module):
+class ModelA(nn.Module):
     """conv 32 5x5 -> pool -> conv 64 5x5 -> pool -> dropout -> fc 128 -> dropout -> fc 10, ReLU activations."""
 
     def __init__(self, conv_dropout: float = 0.25, fc_dropout: float = 0.5) -> None:
@@ -37,8 +38,12 @@ class BaseTorchModel(nn.Module):
         return self.classifier(self.features(x))
 
 
-def load_model(weights_path: str) -> BaseTorchModel:
+def build_model() -> ModelA:
+    return ModelA()
+
+
+def load_model(weights_path: str) -> ModelA:
     """Builds the model from a state_dict file and puts it in eval mode (dropout off)."""
-    model = BaseTorchModel()
+    model = build_model()
     model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return model.eval()

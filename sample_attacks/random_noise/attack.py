@@ -1,17 +1,25 @@
 """random_noise attack: adds random +-epsilon sign noise to every pixel, a model-free baseline.
 
-x_adv = clip(x + epsilon * s, 0, 255) with s uniform in {-1, +1} per pixel (and channel), drawn from a NumPy
-Generator seeded from SANDBOX_SEED, so a rerun of the same piece writes the same images.
+x_adv = clip(x + epsilon * s, 0, 255) with s uniform in {-1, +1} per pixel (and channel), drawn for each image from
+a NumPy Generator keyed by SANDBOX_SEED and the image's pixels: the noise depends on neither the (opaque, per-run)
+file names nor the order of the images, so the same seed writes the same images in any run.
 
 Usage: python3 attack.py INPUT_DIR OUTPUT_DIR EPSILON
 """
 
+import hashlib
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def image_rng(seed: int, x: np.ndarray) -> np.random.Generator:
+    """A generator keyed by the seed and the image's pixels."""
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest()
+    return np.random.default_rng([seed, *(int(w) for w in np.frombuffer(digest, dtype=np.uint32))])
 
 
 def random_sign_noise(x: np.ndarray, epsilon: int, rng: np.random.Generator) -> np.ndarray:
@@ -21,14 +29,14 @@ def random_sign_noise(x: np.ndarray, epsilon: int, rng: np.random.Generator) -> 
 
 
 def attack(input_dir: Path, output_dir: Path, epsilon: int, seed: int) -> None:
-    """One image at a time, in sorted name order so the noise each image gets depends only on the seed."""
-    rng = np.random.default_rng(seed)
+    """One image at a time; each image's noise depends only on the seed and its pixels."""
     for path in sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file()):
         with Image.open(path) as image:
             image.load()
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")  # palette or alpha images: noise the colours, not the indices
-        Image.fromarray(random_sign_noise(np.asarray(image), epsilon, rng)).save(output_dir / path.name)
+        x = np.asarray(image)
+        Image.fromarray(random_sign_noise(x, epsilon, image_rng(seed, x))).save(output_dir / path.name)
 
 
 def main() -> None:

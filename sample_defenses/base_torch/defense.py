@@ -1,4 +1,4 @@
-"""base_torch defense: classifies every PNG of INPUT_DIR with the small CNN of model.py, undefended.
+"""base_torch defense: classifies every PNG of INPUT_DIR with the model of model.py and the weights of model.pt.
 
 Usage: python3 defense.py INPUT_DIR OUTPUT_FILE   (writes `FILENAME,LABEL` per image, no header)
 """

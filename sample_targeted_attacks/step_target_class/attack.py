@@ -1,4 +1,4 @@
-"""Step target class method (Kurakin et al., 2017), one step, white-box against base_torch.
+"""Step target class method (Kurakin et al., 2017), one step, white-box against the model in model.py.
 
 x_adv = clip(x - epsilon * sign(grad_x J(theta, x, y_target)), 0, 255) in pixel units: one signed-gradient step
 that lowers the cross-entropy of the target class. Targets come from INPUT_DIR/target_class.csv
