@@ -221,11 +221,17 @@ HOSTILE = {
     "network": "#!/usr/bin/env python3\nimport shutil, socket, sys, pathlib\ntry:\n"
     "    socket.create_connection(('1.1.1.1', 53), timeout=2)\n    sys.exit(0)\nexcept OSError:\n    pass\n"
     "for p in pathlib.Path(sys.argv[1]).glob('*.png'):\n    shutil.copy(p, sys.argv[2])\n",
-    "write_host": '#!/bin/sh\ntouch /code/planted /etc/planted /input_images/planted 2>/dev/null && exit 0\n'
+    "write_host": "#!/bin/sh\ntouch /code/planted /etc/planted /input_images/planted 2>/dev/null && exit 0\n"
     'cp "$1"/*.png "$2"/\n',
     "symlinks": '#!/bin/sh\nfor f in "$1"/*.png; do ln -s /etc/passwd "$2/$(basename "$f")"; done\n',
     "memory_hog": "#!/usr/bin/env python3\nblocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))\n",
-    "fork_bomb": '#!/bin/sh\nbomb() { bomb | bomb & }\nbomb\nsleep 60\n',
+    # Forks until refused (each child holds its process), so its images mean the process limit held; a shell bomb
+    # is no good here: once forks fail its own next command fails too, so it crashes or times out by chance.
+    "fork_bomb": "#!/usr/bin/env python3\nimport os, shutil, sys, time, pathlib\nfor forks in range(10000):\n"
+    "    try:\n        pid = os.fork()\n    except OSError:\n"
+    "        print(f'fork refused after {forks} forks', file=sys.stderr)\n        break\n"
+    "    if pid == 0:\n        time.sleep(600)\n        os._exit(0)\nelse:\n    sys.exit(0)\n"
+    "for p in pathlib.Path(sys.argv[1]).glob('*.png'):\n    shutil.copy(p, sys.argv[2])\n",
     "fill_output": '#!/bin/sh\ncp "$1"/*.png "$2"/\ndd if=/dev/zero of="$2/fill" bs=1M count=64 2>/dev/null\nexit 0\n',
 }
 
@@ -244,7 +250,9 @@ def test_hostile_submissions_stay_inside_and_the_run_goes_on(tmp_path, small_dat
     assert not list(attacks.glob("*/planted")) and not list(small_dataset.glob("**/planted"))
     assert failures["symlinks"]["failed_images"] == 20 and failures["symlinks"]["skipped_output_files"] == 20
     assert failures["memory_hog"]["oom_kills"] == 1 and failures["memory_hog"]["failed_images"] == 20
-    assert failures["fork_bomb"]["timeouts"] == 1
+    assert failures["fork_bomb"]["failed_images"] == 0, failures["fork_bomb"]
+    forks = int(re.search(r"fork refused after (\d+) forks", failures["fork_bomb"]["log_tail"]).group(1))
+    assert forks < 64, failures["fork_bomb"]["log_tail"]
     assert failures["fill_output"]["failed_images"] == 0 and failures["fill_output"]["pieces_failed"] == 0
     assert result.results["scores"]["defense"]["always3"] > 0
     manifest = json.loads((result.out / "manifest.json").read_text())
