@@ -194,6 +194,13 @@ def main() -> None:
     type=click.FloatRange(min=0.1),
     help="Seconds per 100 images of a piece; the container is killed at the limit.",
 )
+@click.option(
+    "--min-time-limit",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Seconds every piece gets at least, however few its images (start-up time does not scale).",
+)
 @click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory per container.")
 @click.option(
     "--cpus",
@@ -223,6 +230,7 @@ def run(
     runtime_name,
     isolation,
     time_limit,
+    min_time_limit,
     memory,
     cpus,
     pids,
@@ -232,7 +240,14 @@ def run(
 ) -> None:
     """Run every attack on the data set and every defense on their images; write scores."""
     cpus = cpus or float(max(1, (os.cpu_count() or 1) // jobs))
-    limits = Limits(time_per_100_images=time_limit, memory=memory, cpus=cpus, pids=pids, output_size=output_size)
+    limits = Limits(
+        time_per_100_images=time_limit,
+        min_time=min_time_limit,
+        memory=memory,
+        cpus=cpus,
+        pids=pids,
+        output_size=output_size,
+    )
     options = RunOptions(
         attacks=tuple(attacks) or None,
         targeted_attacks=tuple(targeted_attacks) or None,
@@ -259,8 +274,9 @@ def run(
         f"run folder: [bold]{options.out}[/bold]  (resume an interrupted run with --out {options.out})", highlight=False
     )
     console.print(
-        f"limits per piece: {time_limit:g} s per 100 images, memory {memory}, {cpus:g} CPUs, {pids} processes, "
-        f"output {output_size}, network none; epsilon {','.join(map(str, epsilon))}; jobs {jobs}; "
+        f"limits per piece: {time_limit:g} s per 100 images (at least {min_time_limit:g} s), memory {memory}, "
+        f"{cpus:g} CPUs, {pids} processes, output {output_size}, network none; "
+        f"epsilon {','.join(map(str, epsilon))}; jobs {jobs}; "
         f"runtime {runtime_name}" + (f"/{isolation}" if runtime_name == "docker" else ""),
         highlight=False,
     )
@@ -302,6 +318,13 @@ def run(
     type=click.FloatRange(min=0.1),
     help="Seconds per 100 images, as in the run.",
 )
+@click.option(
+    "--min-time-limit",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Seconds a piece gets at least, as in the run.",
+)
 @click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory limit, as in the run.")
 @click.option("--cpus", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="CPUs, as in the run.")
 @click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes, as in the run.")
@@ -312,14 +335,33 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Warnings count as errors.")
 def validate(
-    submission, dataset, images, epsilon, time_limit, memory, cpus, pids, output_size, runtime_name, as_json, strict
+    submission,
+    dataset,
+    images,
+    epsilon,
+    time_limit,
+    min_time_limit,
+    memory,
+    cpus,
+    pids,
+    output_size,
+    runtime_name,
+    as_json,
+    strict,
 ) -> None:
     """Check a submission exactly as the organizers' run will, trial run included."""
     import json
 
     from sandbox.validate import validate_submission
 
-    limits = Limits(time_per_100_images=time_limit, memory=memory, cpus=cpus, pids=pids, output_size=output_size)
+    limits = Limits(
+        time_per_100_images=time_limit,
+        min_time=min_time_limit,
+        memory=memory,
+        cpus=cpus,
+        pids=pids,
+        output_size=output_size,
+    )
     try:
         report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name)
     except SandboxError as exc:

@@ -317,8 +317,8 @@ def _check_run(
         report.add(
             "error",
             entry,
-            f"timed out after {outcome.wall_s:.0f} s on {n_images} images (limit "
-            f"{limits.time_per_100_images:g} s per 100 images); make it faster",
+            f"timed out after {outcome.wall_s:.0f} s on {n_images} images (limit {limits.time_limit(n_images):g} s: "
+            f"{limits.time_per_100_images:g} s per 100 images, at least {limits.min_time:g} s); make it faster",
         )
     elif outcome.oom_killed:
         report.add(

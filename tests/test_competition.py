@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from sandbox import Limits, RunOptions, load_dataset, rebuild_report, run_competition
+from tests.conftest import make_small_dataset
 from tests.submissions import FIXED_LABEL_DEFENSE, NOISE_255_ATTACK, NOOP_ATTACK, TORCH, write_submission
 
 pytestmark = pytest.mark.usefixtures("docker_ready")
@@ -125,7 +126,7 @@ def test_failing_submissions_are_counted_and_the_run_goes_on(tmp_path, small_dat
     write_submission(attacks, "noop", "attack", NOOP_ATTACK)
     write_submission(defenses, "malformed", "defense", MALFORMED_DEFENSE)
     write_submission(defenses, "always3", "defense", FIXED_LABEL_DEFENSE)
-    limits = Limits(time_per_100_images=30.0, memory="512m", cpus=1.0)  # 3 s for a 10-image piece
+    limits = Limits(time_per_100_images=30.0, min_time=0.0, memory="512m", cpus=1.0)  # 3 s for a 10-image piece
     result = run_competition(options(tmp_path, small_dataset, limits=limits))
 
     failures = result.results["failures"]
@@ -144,6 +145,24 @@ def test_failing_submissions_are_counted_and_the_run_goes_on(tmp_path, small_dat
     rows = [r for r in read_csv(result.out / "all_classification.csv")[1:] if r[2] == "malformed"]
     assert {r[4] for r in rows} == {"", "3"}
     assert not result.complete
+
+
+def test_a_one_image_piece_still_gets_the_minimum_time_limit(tmp_path):
+    dataset = make_small_dataset(tmp_path / "data1", 1)
+    attacks, _, defenses = folders(tmp_path)
+    write_submission(attacks, "slow_start", "attack", "#!/bin/sh\nsleep 2\n" + NOOP_ATTACK.split("\n", 1)[1])
+    write_submission(defenses, "always3", "defense", FIXED_LABEL_DEFENSE)
+    scaled_only = Limits(time_per_100_images=50.0, min_time=0.0, memory="512m", cpus=1.0)  # 0.5 s for 1 image
+    floored = Limits(time_per_100_images=50.0, min_time=20.0, memory="512m", cpus=1.0)
+
+    killed = run_competition(options(tmp_path, dataset, limits=scaled_only, out=tmp_path / "scaled"))
+    kept = run_competition(options(tmp_path, dataset, limits=floored, out=tmp_path / "floored"))
+
+    assert killed.results["failures"]["slow_start"]["timeouts"] == 1
+    assert kept.results["failures"]["slow_start"]["timeouts"] == 0
+    assert kept.results["failures"]["slow_start"]["failed_images"] == 0
+    manifest = json.loads((kept.out / "manifest.json").read_text())
+    assert manifest["settings"]["limits"]["min_time"] == 20.0
 
 
 def test_bad_metadata_is_left_out_with_one_line_and_the_rest_runs(tmp_path, small_dataset):

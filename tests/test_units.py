@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sandbox import Limits
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import build_fashion_mnist, load_dataset
 from sandbox.errors import DataSetError, SubmissionError
@@ -45,6 +46,13 @@ def test_batches_sharing_an_epsilon_run_in_one_piece_up_to_the_piece_size():
     assert pieces[0].image_ids == ("i00", "i01", "i04", "i05")
     covered = sorted(image for p in pieces for image in p.image_ids)
     assert covered == images
+
+
+def test_time_limit_scales_with_images_but_never_below_the_minimum():
+    limits = Limits(time_per_100_images=500.0, min_time=60.0)
+    assert limits.time_limit(1000) == 5000.0 and limits.time_limit(100) == 500.0
+    assert limits.time_limit(1) == 60.0 and limits.time_limit(0) == 60.0
+    assert Limits(time_per_100_images=30.0, min_time=0.0).time_limit(10) == 3.0
 
 
 def test_piece_seeds_are_stable_and_distinct():

@@ -20,6 +20,7 @@ class Limits:
     """Per-piece limits (SPEC 4); every one is a CLI flag and is written to the run's manifest."""
 
     time_per_100_images: float = 500.0
+    min_time: float = 60.0
     memory: str = "4g"
     cpus: float = 1.0
     pids: int = 256
@@ -28,8 +29,10 @@ class Limits:
     log_bytes: int = 64 * 1024
 
     def time_limit(self, n_images: int) -> float:
-        """Scaled by the piece's image count, as in 2017 (500 s per 100 images)."""
-        return self.time_per_100_images * max(n_images, 1) / 100.0
+        """Scaled by the piece's image count, as in 2017 (500 s per 100 images), but never below `min_time`:
+        start-up (imports, loading weights) does not shrink with the piece, and a defense's last piece can hold
+        a single image."""
+        return max(self.min_time, self.time_per_100_images * max(n_images, 1) / 100.0)
 
     def threads(self) -> int:
         return max(1, math.ceil(self.cpus))
