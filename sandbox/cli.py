@@ -29,6 +29,13 @@ def _size(ctx, param, value: str | None) -> str | None:
     return value
 
 
+def _limits(time_limit: float, min_time: float, memory: str, cpus: float, pids: int, output_size: str) -> Limits:
+    """The per-piece limits from the flags that `run` and `validate` share, so both apply the same ones."""
+    return Limits(
+        time_per_100_images=time_limit, min_time=min_time, memory=memory, cpus=cpus, pids=pids, output_size=output_size
+    )
+
+
 def _epsilons(ctx, param, value: str) -> tuple[int, ...]:
     try:
         return parse_epsilons(value)
@@ -240,14 +247,7 @@ def run(
 ) -> None:
     """Run every attack on the data set and every defense on their images; write scores."""
     cpus = cpus or float(max(1, (os.cpu_count() or 1) // jobs))
-    limits = Limits(
-        time_per_100_images=time_limit,
-        min_time=min_time_limit,
-        memory=memory,
-        cpus=cpus,
-        pids=pids,
-        output_size=output_size,
-    )
+    limits = _limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
     options = RunOptions(
         attacks=tuple(attacks) or None,
         targeted_attacks=tuple(targeted_attacks) or None,
@@ -354,14 +354,7 @@ def validate(
 
     from sandbox.validate import validate_submission
 
-    limits = Limits(
-        time_per_100_images=time_limit,
-        min_time=min_time_limit,
-        memory=memory,
-        cpus=cpus,
-        pids=pids,
-        output_size=output_size,
-    )
+    limits = _limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
     try:
         report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name)
     except SandboxError as exc:
