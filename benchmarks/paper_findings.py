@@ -18,7 +18,6 @@ table. An existing DIR is resumed like any sandbox run folder: use a new one aft
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 from sandbox import Limits, RunOptions, run_competition
 from sandbox.bundled import default_dataset_dir
 from sandbox.competition import Events
+from sandbox.dataset import subset_dataset
+from sandbox.errors import DataSetError
 
 REPO = Path(__file__).resolve().parents[1]
 ATTACKS = REPO / "sample_attacks"
@@ -58,22 +59,6 @@ class AttackCell:
     attack: str  # a column of WHITE_BOX, or the black-box attack's name
     defense: str | None  # the defense it attacks white-box; None for a black-box (transfer) attack
     source_model: str
-
-
-def make_subset(dest: Path, n: int) -> Path:
-    """The first `n` images of the shipped data set, as a data set folder of its own."""
-    source = default_dataset_dir()
-    (dest / "images").mkdir(parents=True)
-    with (source / "dataset.csv").open() as f:
-        rows = list(csv.reader(f))
-    if n > len(rows) - 1:
-        raise SystemExit(f"--images {n}: the shipped data set has {len(rows) - 1} images")
-    with (dest / "dataset.csv").open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows[: n + 1])
-    for row in rows[1 : n + 1]:
-        shutil.copyfile(source / "images" / f"{row[0]}.png", dest / "images" / f"{row[0]}.png")
-    shutil.copyfile(source / "dataset.json", dest / "dataset.json")
-    return dest
 
 
 def _swap_model(sample: Path, model_dir: Path, dest: Path, source_model: str) -> None:
@@ -237,7 +222,10 @@ def run_findings(n_images: int, out: Path, jobs: int = 2, epsilons: tuple[int, .
     out.mkdir(parents=True, exist_ok=True)
     work = out / "inputs"  # the data set stays (the run folders name it); the submissions go at the end
     shutil.rmtree(work, ignore_errors=True)
-    dataset = make_subset(work / "dataset", n_images)
+    try:
+        dataset = subset_dataset(default_dataset_dir(), work / "dataset", n_images)
+    except DataSetError as exc:
+        raise SystemExit(f"--images {n_images}: {exc}") from None
     attacks, targeted, defenses, cells = build_submissions(work / "submissions")
     tables, black_box, runs = {}, {}, {}
     for eps in epsilons:

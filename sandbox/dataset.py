@@ -121,6 +121,23 @@ def load_dataset(root: Path) -> DataSet:
     return DataSet(root, name, num_classes, tuple(records), size, mode, class_names)
 
 
+def subset_dataset(source: Path, dest: Path, n: int) -> Path:
+    """The first `n` images of the data set at `source`, as a data set folder of its own: small real runs
+    (tests, benchmarks, dry runs) without touching the original."""
+    with (source / "dataset.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    if n > len(rows) - 1:
+        raise DataSetError(f"{source / 'dataset.csv'}: {len(rows) - 1} images, fewer than the {n} asked for")
+    (dest / "images").mkdir(parents=True)
+    with (dest / "dataset.csv").open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows[: n + 1])
+    for row in rows[1 : n + 1]:
+        shutil.copyfile(source / "images" / f"{row[0]}.png", dest / "images" / f"{row[0]}.png")
+    if (source / "dataset.json").is_file():
+        shutil.copyfile(source / "dataset.json", dest / "dataset.json")
+    return dest
+
+
 def build_fashion_mnist(
     out: Path, per_class: int = 100, seed: int = FASHION_MNIST_SEED, source: Path | None = None
 ) -> Path:

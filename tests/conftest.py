@@ -6,14 +6,13 @@ there would hide exactly what this project exists to do.
 
 from __future__ import annotations
 
-import csv
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from sandbox.bundled import default_dataset_dir
+from sandbox.dataset import subset_dataset
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -64,16 +63,7 @@ def tensorflow_image(docker_ready) -> None:
 
 def make_small_dataset(dest: Path, n: int) -> Path:
     """The first `n` images of the shipped data set, as a data set folder of its own."""
-    source = default_dataset_dir()
-    (dest / "images").mkdir(parents=True)
-    with (source / "dataset.csv").open() as f:
-        rows = list(csv.reader(f))
-    with (dest / "dataset.csv").open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows[: n + 1])
-    for row in rows[1 : n + 1]:
-        shutil.copyfile(source / "images" / f"{row[0]}.png", dest / "images" / f"{row[0]}.png")
-    shutil.copyfile(source / "dataset.json", dest / "dataset.json")
-    return dest
+    return subset_dataset(default_dataset_dir(), dest, n)
 
 
 @pytest.fixture

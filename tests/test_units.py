@@ -15,7 +15,7 @@ from PIL import Image
 
 from sandbox import Limits
 from sandbox.bundled import default_dataset_dir
-from sandbox.dataset import build_fashion_mnist, load_dataset
+from sandbox.dataset import build_fashion_mnist, load_dataset, subset_dataset
 from sandbox.errors import DataSetError, SubmissionError
 from sandbox.fashion_mnist import DEBIAN_ROOT
 from sandbox.outputs_read import clip_to_epsilon, collect_folder, decode_image, parse_result_csv, pixel_hash
@@ -191,6 +191,14 @@ def test_shipped_dataset_loads_and_is_balanced():
     counts = np.bincount([r.true_label for r in ds.records], minlength=10)
     assert counts.tolist() == [100] * 10
     assert all(r.target_class != r.true_label for r in ds.records)
+
+
+def test_subset_dataset_keeps_the_first_images_and_refuses_too_many(tmp_path):
+    shipped = load_dataset(default_dataset_dir())
+    subset = load_dataset(subset_dataset(default_dataset_dir(), tmp_path / "three", 3))
+    assert subset.records == shipped.records[:3] and subset.name == shipped.name
+    with pytest.raises(DataSetError, match=r"dataset\.csv: 1000 images, fewer than the 1001 asked for"):
+        subset_dataset(default_dataset_dir(), tmp_path / "too_many", 1001)
 
 
 def test_dataset_errors_name_the_file(tmp_path):
