@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -21,6 +22,12 @@ from sandbox.store import PieceRecord
 console = Console(stderr=True)
 out_console = Console()
 _SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(text: object) -> str:
+    """Untrusted text (ids, paths, a submission's stderr) for the terminal: no escape sequences, no Rich markup."""
+    return escape(_CONTROL.sub("?", str(text)))
 
 
 def _size(ctx, param, value: str | None) -> str | None:
@@ -51,10 +58,10 @@ class RichEvents(Events):
         self.task = None
 
     def message(self, text: str) -> None:
-        console.print(f"[dim]{text}[/dim]", highlight=False)
+        console.print(f"[dim]{_safe(text)}[/dim]", highlight=False)
 
     def warning(self, text: str) -> None:
-        console.print(f"[yellow]warning:[/yellow] {text}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {_safe(text)}", highlight=False, soft_wrap=True)
 
     def phase(self, name: str, total: int, already_done: int) -> None:
         self.close()
@@ -84,10 +91,14 @@ class RichEvents(Events):
                 reason += " (out of memory)"
             tail = (record.stderr_tail or record.stdout_tail).strip().splitlines()
             last = f": {tail[-1][:200]}" if tail else ""
-            console.print(f"[red]failed[/red] {record.piece_id}: {reason}{last}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[red]failed[/red] {_safe(record.piece_id)}: {_safe(reason)}{_safe(last)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         elif record.failed_images:
             console.print(
-                f"[yellow]{record.piece_id}[/yellow]: {record.failed_images} of {record.n_images} images "
+                f"[yellow]{_safe(record.piece_id)}[/yellow]: {record.failed_images} of {record.n_images} images "
                 "missing or unreadable",
                 highlight=False,
             )
@@ -105,7 +116,7 @@ def _leaderboard(title: str, header: str, rows: list, normalised: dict[str, floa
     table.add_column("Score", justify="right")
     table.add_column("Normalised", justify="right")
     for rank, (name, score) in enumerate(rows, start=1):
-        table.add_row(str(rank), name, str(score), f"{normalised.get(name, 0.0):.3f}")
+        table.add_row(str(rank), _safe(name), str(score), f"{normalised.get(name, 0.0):.3f}")
     return table
 
 
@@ -219,6 +230,13 @@ def main() -> None:
 @click.option(
     "--output-size", default="512m", show_default=True, callback=_size, help="Size cap of a piece's output folder."
 )
+@click.option(
+    "--docker-wait",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Seconds to wait for a Docker daemon that stopped answering (a restart) before stopping the run.",
+)
 @click.option("--strict", is_flag=True, help="Exit 1 when a submission was left out or a piece failed.")
 @click.option("--no-build", is_flag=True, help="Do not build missing sandbox images; leave their submissions out.")
 def run(
@@ -242,6 +260,7 @@ def run(
     cpus,
     pids,
     output_size,
+    docker_wait,
     strict,
     no_build,
 ) -> None:
@@ -265,6 +284,7 @@ def run(
         isolation=isolation,
         limits=limits,
         build_images=not no_build,
+        docker_wait=docker_wait,
     )
     from sandbox.competition import default_out_dir
 
@@ -285,7 +305,7 @@ def run(
         result = run_competition(options, events)
     except SandboxError as exc:
         events.close()
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         events.close()
@@ -358,7 +378,7 @@ def validate(
     try:
         report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name)
     except SandboxError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     if as_json:
         out_console.print_json(json.dumps(report.to_dict(strict)))
@@ -366,7 +386,7 @@ def validate(
         for finding in report.findings:
             color = "red" if finding.level == "error" else "yellow"
             out_console.print(
-                f"[{color}]{finding.level}:[/{color}] {finding.where}: {finding.message}",
+                f"[{color}]{finding.level}:[/{color}] {_safe(finding.where)}: {_safe(finding.message)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -385,9 +405,11 @@ def validate(
             if trial.get("stderr_tail"):
                 out_console.print("last lines of its output:", highlight=False)
                 for line in trial["stderr_tail"].strip().splitlines()[-10:]:
-                    out_console.print(f"  {line}", highlight=False, markup=False)
+                    out_console.print(f"  {_safe(line)}", highlight=False)
         verdict = "[green]ok[/green]" if report.passed(strict) else "[red]not ok[/red]"
-        out_console.print(f"{report.id}: {verdict} ({len(report.errors)} errors, {len(report.warnings)} warnings)")
+        out_console.print(
+            f"{_safe(report.id)}: {verdict} ({len(report.errors)} errors, {len(report.warnings)} warnings)"
+        )
     sys.exit(0 if report.passed(strict) else 1)
 
 
@@ -406,10 +428,10 @@ def package(folder, out, allow_large, build_image, save) -> None:
     try:
         result = package_submission(folder, out, allow_large, build_image, save)
     except SandboxError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     for relative, why in result.left_out:
-        console.print(f"left out {relative}: {why}", highlight=False)
+        console.print(f"left out {_safe(relative)}: {_safe(why)}", highlight=False)
     out_console.print(f"wrote {result.archive} ({len(result.files)} files)", highlight=False)
     if result.image:
         out_console.print(f"built image {result.image}", highlight=False)
@@ -429,7 +451,7 @@ def new(kind, name, framework, parent) -> None:
     try:
         folder = new_submission(kind, name, parent, framework)
     except SandboxError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     out_console.print(f"wrote {folder}; next: sandbox validate {folder}", highlight=False)
 
@@ -441,7 +463,7 @@ def report(run_dir: Path) -> None:
     try:
         results = rebuild_report(run_dir)
     except SandboxError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     print_leaderboards(results)
 
@@ -463,7 +485,7 @@ def dataset_fashion_mnist(out: Path, per_class: int, seed: int) -> None:
     try:
         path = build_fashion_mnist(out, per_class=per_class, seed=seed)
     except (SandboxError, FashionMnistMissing) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     out_console.print(f"wrote {path}")
 
@@ -477,7 +499,7 @@ def dataset_check(folder: Path) -> None:
     try:
         ds = load_dataset(folder)
     except SandboxError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     out_console.print(
         f"{ds.root}: {len(ds.records)} images, {ds.size[0]}x{ds.size[1]} {ds.mode}, "
@@ -524,7 +546,7 @@ def images_build(targets, base_image, index_url, extra_index_urls, find_links, w
             tuple(targets) or TARGETS, base_image, source, force, log=lambda line: console.print(line, highlight=False)
         )
     except SandboxError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     for image in built:
         state = "up to date" if image.skipped else f"built in {image.seconds:.1f} s"

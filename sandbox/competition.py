@@ -6,11 +6,13 @@ The run folder holds everything: `manifest.json` (every setting), `store.sqlite`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import platform
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +23,7 @@ from pathlib import Path
 from sandbox import __version__
 from sandbox.bundled import default_dataset_dir, sample_dirs
 from sandbox.dataset import DataSet, load_dataset
-from sandbox.errors import SandboxError
+from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError
 from sandbox.executor import run_tasks
 from sandbox.pieces import RunContext, run_attack_piece, run_defense_piece
 from sandbox.plan import plan_attack_pieces, plan_defense_pieces
@@ -52,6 +54,7 @@ class RunOptions:
     isolation: str = "runc"
     limits: Limits = field(default_factory=Limits)
     build_images: bool = True
+    docker_wait: float = 300.0  # seconds a run waits for a daemon that stopped answering, then stops cleanly
 
     def scoring_settings(self) -> dict:
         """The settings a resumed run must share with the first one, or its scores would mix two runs."""
@@ -98,15 +101,15 @@ def _sha256_file(path: Path) -> str:
 
 def _load_all(options: RunOptions, out: Path) -> tuple[dict[str, SubmissionSet], DataSet]:
     dataset = load_dataset(options.dataset or default_dataset_dir())
-    unpack = out / "submissions"
     sets = {}
+    taken: dict[str, str] = {}
     for kind, given in (
         ("attack", options.attacks),
         ("targeted_attack", options.targeted_attacks),
         ("defense", options.defenses),
     ):
         folders = list(given) if given is not None else sample_dirs(kind)
-        sets[kind] = load_submissions(folders, kind, unpack)
+        sets[kind] = load_submissions(folders, kind, out / "submissions" / kind, taken)
     return sets, dataset
 
 
@@ -148,6 +151,7 @@ def _manifest(
             "gpus": options.gpus,
             "runtime": options.runtime,
             "isolation": runtime.isolation(),
+            "docker_wait_s": options.docker_wait,
             "limits": asdict(options.limits),
         },
         "dataset": {
@@ -203,9 +207,56 @@ def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str, bool]
 def run_competition(options: RunOptions | None = None, events: Events | None = None) -> RunResult:
     """Runs every attack on the data set and every defense on every attack's images; writes the outputs."""
     options = options or RunOptions()
-    events = events or Events()
-    started = time.monotonic()
     out = Path(options.out or default_out_dir())
+    options = RunOptions(**{**options.__dict__, "out": out})
+    try:
+        return _run_competition(options, events or Events())
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _is_disk_full(exc, out):
+            raise
+        raise SandboxError(_disk_full_message(out, options)) from None
+
+
+def _is_disk_full(exc: BaseException, out: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        return "full" in text or ("disk I/O" in text and _free_bytes(out) < 1024**2)
+    return False
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _disk_full_message(out: Path, options: RunOptions) -> str:
+    """One line: where, how much is free, about how much the run needs, and how to go on."""
+    free_mb = _free_bytes(out) // 1024**2
+    try:
+        dataset = load_dataset(options.dataset or default_dataset_dir())
+        sample = [dataset.root / "images" / f"{r.image_id}.png" for r in dataset.records[:50]]
+        image_bytes = sum(path.stat().st_size for path in sample) / max(1, len(sample))
+        n_attacks = sum(
+            len(list(Path(f).iterdir())) for f in (*(options.attacks or ()), *(options.targeted_attacks or ()))
+        )
+        n_attacks = n_attacks or len(sample_dirs("attack")) + len(sample_dirs("targeted_attack"))
+        # Stored images, each piece's input copies and the outputs; rounded up generously.
+        need_mb = int(3 * image_bytes * len(dataset.records) * max(1, n_attacks) / 1024**2) + 100
+    except (SandboxError, OSError):
+        need_mb = 100
+    return (
+        f"{out}: no space left on device ({free_mb} MB free); free about {need_mb} MB there and resume with "
+        f"--out {out} (finished pieces are kept)"
+    )
+
+
+def _run_competition(options: RunOptions, events: Events) -> RunResult:
+    started = time.monotonic()
+    out = Path(options.out)
     if min(options.jobs, options.batch_size, options.attack_piece_size, options.defense_batch_size) < 1:
         raise SandboxError("--jobs, --batch-size, --attack-piece-size and --defense-batch-size must be at least 1")
     runtime = make_runtime(options.runtime, options.isolation)
@@ -234,6 +285,7 @@ def run_competition(options: RunOptions | None = None, events: Events | None = N
         resumed_pieces = _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events)
         resumed_pieces += _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events)
         shutil.rmtree(out / "work", ignore_errors=True)
+        runtime.cleanup_run(run_id)  # containers a host fault left behind, if any
         manifest["run_wall_s"] = round(time.monotonic() - started, 3)
         write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         results = write_outputs(out, store, dataset, manifest)
@@ -264,7 +316,10 @@ def _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events) 
     todo = [p for p in pieces if p.piece_id not in finished]
     events.phase("attacks", len(pieces), len(pieces) - len(todo))
     tasks: list[Callable] = [
-        partial(_attack_task, piece, subs[piece.submission_id], dataset, ctx, runtime) for piece in todo
+        _retrying_host_faults(
+            partial(_attack_task, piece, subs[piece.submission_id], dataset, ctx, runtime), runtime, options, events
+        )
+        for piece in todo
     ]
     for result in run_tasks(tasks, options.jobs, options.gpus):
         for sha, png in result.pngs.items():
@@ -272,6 +327,41 @@ def _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events) 
         store.record_attack_piece(result.record, result.images)
         events.piece_done(result.record)
     return len(pieces) - len(todo)
+
+
+HOST_FAULT_TRIES = 3
+
+
+def _retrying_host_faults(task: Callable, runtime: Runtime, options: RunOptions, events: Events) -> Callable:
+    """Runs a piece again when the host failed it: the submission is scored only on what it did itself.
+
+    A daemon that stopped answering is waited for (--docker-wait); any other host fault is retried a few times.
+    When neither helps, the run stops with one line; the pieces already stored are kept for a resume.
+    """
+
+    def call(gpu):
+        for attempt in range(1, HOST_FAULT_TRIES + 1):
+            try:
+                return task(gpu)
+            except RuntimeUnavailable as exc:
+                events.warning(f"{exc}; waiting up to {options.docker_wait:g} s for it to come back (--docker-wait)")
+                if not runtime.wait_until_available(options.docker_wait):
+                    raise RuntimeUnavailable(
+                        f"Docker did not answer for {options.docker_wait:g} s; start it (`docker info`) and resume "
+                        f"with --out {options.out}"
+                    ) from None
+                events.message("Docker answers again; re-running the interrupted piece")
+            except HostFault as exc:
+                if attempt == HOST_FAULT_TRIES:
+                    raise HostFault(
+                        f"{exc}; tried {HOST_FAULT_TRIES} times, stopping: fix the host and resume with --out "
+                        f"{options.out}"
+                    ) from None
+                events.warning(f"{exc}; the host's fault, not the submission's: trying the piece again")
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
+
+    return call
 
 
 def _attack_task(piece, submission, dataset, ctx, runtime, gpu):
@@ -288,7 +378,12 @@ def _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events)
     todo = [p for p in pieces if p.piece_id not in finished]
     events.phase("defenses", len(pieces), len(pieces) - len(todo))
     tasks: list[Callable] = [
-        partial(_defense_task, piece, subs[piece.submission_id], dataset, ctx, runtime, store.adversarial_path)
+        _retrying_host_faults(
+            partial(_defense_task, piece, subs[piece.submission_id], dataset, ctx, runtime, store.adversarial_path),
+            runtime,
+            options,
+            events,
+        )
         for piece in todo
     ]
     for result in run_tasks(tasks, options.jobs, options.gpus):

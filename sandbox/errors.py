@@ -15,8 +15,15 @@ class DataSetError(SandboxError):
     """A data set folder does not meet SPEC section 3."""
 
 
-class RuntimeUnavailable(SandboxError):
-    """The container runtime cannot be reached: the run cannot complete, so no piece is recorded as failed."""
+class HostFault(SandboxError):
+    """The host, not the submission, failed a piece (a daemon error, a vanished container, a full disk).
+
+    Such a piece is never recorded as the submission's failure: it is retried, or the run stops and can be resumed.
+    """
+
+
+class RuntimeUnavailable(HostFault):
+    """The container runtime cannot be reached: the run waits for it (--docker-wait), then stops cleanly."""
 
 
 class ImageBuildError(SandboxError):

@@ -84,6 +84,18 @@ def submission_id(path: Path) -> str:
     return name
 
 
+def id_problem(sub_id: str) -> str | None:
+    """Ids appear verbatim in the NIPS 2017 CSVs, logs and reports: refuse the few that a spreadsheet would run as a
+    formula or a terminal would run as a control sequence. Spaces, quotes, markup and non-ASCII are fine."""
+    if not sub_id.strip():
+        return "an empty id"
+    if sub_id[0] in "=+-@":
+        return f"its id starts with '{sub_id[0]}', which spreadsheets read as a formula"
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in sub_id):
+        return "its id holds a control character"
+    return None
+
+
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
 
@@ -177,10 +189,16 @@ def load_submission(path: Path, unpack_dir: Path | None = None) -> Submission:
     return Submission(id=sub_id, root=root.resolve(), metadata=metadata, warnings=warnings)
 
 
-def load_submissions(folders: list[Path], kind: SubmissionType, unpack_dir: Path | None) -> SubmissionSet:
-    """Loads every submission in the given folders; bad ones are left out with a reason, the rest go on."""
+def load_submissions(
+    folders: list[Path], kind: SubmissionType, unpack_dir: Path | None, taken: dict[str, str] | None = None
+) -> SubmissionSet:
+    """Loads every submission in the given folders; bad ones are left out with a reason, the rest go on.
+
+    `taken` maps the ids already loaded in this run to their kind: an id is a submission's name in every score
+    file and store key, so one used twice, in any kinds, is refused for the second (before it is unpacked).
+    """
     result = SubmissionSet()
-    seen: set[str] = set()
+    seen: dict[str, str] = taken if taken is not None else {}
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
@@ -190,11 +208,18 @@ def load_submissions(folders: list[Path], kind: SubmissionType, unpack_dir: Path
             if entry.name.startswith(".") or not (entry.is_dir() or is_archive(entry) or is_image_archive(entry)):
                 continue
             sub_id = submission_id(entry)
+            problem = id_problem(sub_id)
+            if problem:
+                result.left_out.append(LeftOut(sub_id, entry, f"{entry}: {problem}; rename it"))
+                continue
             if sub_id in seen:
-                message = f"{entry}: a submission with id '{sub_id}' was already loaded; rename one of them"
+                other = (
+                    "" if seen[sub_id] == kind else f" as {'an' if seen[sub_id][0] in 'aeiou' else 'a'} {seen[sub_id]}"
+                )
+                message = f"{entry}: a submission with id '{sub_id}' was already loaded{other}; rename one of them"
                 result.left_out.append(LeftOut(sub_id, entry, message))
                 continue
-            seen.add(sub_id)
+            seen[sub_id] = kind
             try:
                 submission = load_submission(entry, unpack_dir)
             except SubmissionError as exc:

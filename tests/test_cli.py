@@ -132,3 +132,16 @@ def test_resume_refuses_other_scoring_settings(tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 0
     changed = CliRunner().invoke(main, [*args, "--epsilon", "8"])
     assert changed.exit_code == 1 and "--epsilon" in changed.output
+
+
+def test_untrusted_text_reaches_the_terminal_without_escape_sequences_or_markup():
+    from rich.console import Console
+
+    from sandbox.cli import _safe
+
+    hostile = "team\x1b[2J\x1b]0;owned\x07 [red]x[/red] [link=file:///etc/passwd]y[/link]\r"
+    safe = _safe(hostile)
+    assert "\x1b" not in safe and "\x07" not in safe and "\r" not in safe
+    console = Console(record=True, width=200)
+    console.print(safe)
+    assert console.export_text().strip() == "team?[2J?]0;owned? [red]x[/red] [link=file:///etc/passwd]y[/link]?"

@@ -85,7 +85,13 @@ class Runtime(Protocol):
         """Returns {image: problem} for images it cannot run; raises RuntimeUnavailable when unusable."""
         ...
 
-    def run(self, job: ContainerJob) -> JobOutcome: ...
+    def run(self, job: ContainerJob) -> JobOutcome:
+        """The submission's outcome; raises HostFault when the host, not the submission, failed the job."""
+        ...
+
+    def wait_until_available(self, timeout_s: float) -> bool:
+        """After a RuntimeUnavailable: waits up to `timeout_s` for the runtime to answer again."""
+        ...
 
     def cleanup_run(self, run_id: str) -> int:
         """Removes what a killed run left behind; returns how many things were removed."""

@@ -18,7 +18,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
-from sandbox.errors import RuntimeUnavailable
+from sandbox.errors import HostFault, RuntimeUnavailable
 from sandbox.outputs_read import collect_tar_stream
 from sandbox.runtime.base import (
     LABEL_APP,
@@ -50,6 +50,11 @@ def docker_client(timeout: int = 120) -> docker.DockerClient:
 def _name(run_id: str, piece_id: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", piece_id)[-80:]
     return f"sbx-{run_id[:12]}-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+def _explain(exc: APIError) -> str:
+    """The daemon's own words, on one line."""
+    return " ".join(str(exc.explanation or exc).split())[:300]
 
 
 def device_requests(gpus: str | None) -> list[DeviceRequest]:
@@ -139,11 +144,32 @@ class DockerRuntime:
             raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
         return removed
 
+    def wait_until_available(self, timeout_s: float) -> bool:
+        """Pings the daemon every 2 s for up to `timeout_s` (a restart of dockerd, say); True once it answers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.client.ping()
+                return True
+            except (DockerException, requests.RequestException):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
     def run(self, job: ContainerJob) -> JobOutcome:
+        """Only what the submission did is an outcome; anything the daemon fails at is raised as a host fault."""
         try:
             return self._run(job)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise RuntimeUnavailable(f"Docker stopped answering during {job.piece_id} ({exc}); {DOCKER_HELP}") from None
+        except NotFound as exc:
+            raise HostFault(
+                f"{job.piece_id}: its container, volume or image vanished mid-piece ({_explain(exc)})"
+            ) from None
+        except APIError as exc:
+            raise HostFault(f"{job.piece_id}: Docker failed the container ({_explain(exc)})") from None
+        except requests.exceptions.ReadTimeout:
+            raise HostFault(f"{job.piece_id}: Docker did not answer in time after the container ended") from None
 
     def _wait(self, container, deadline: float) -> bool:
         """Waits for the container to exit; kills it at the deadline and returns whether it timed out."""
@@ -155,8 +181,9 @@ class DockerRuntime:
                 self.client.ping()  # a read timeout is expected; a daemon that went away raises here
         try:
             container.kill()
-        except APIError:
-            pass  # it exited just now
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: it exited just now; anything else is the daemon's fault
+                raise
         container.wait(timeout=60)
         return True
 
@@ -226,6 +253,12 @@ class DockerRuntime:
             stderr = container.logs(stdout=False, stderr=True, tail=2000)
             chunks, _ = keeper.get_archive("/out/.")
             files, skipped = collect_tar_stream(chunks)
+            keeper.reload()
+            if not keeper.attrs["State"].get("Running"):
+                # The keeper never exits by itself and the submission cannot reach it: the daemon stopped it
+                # (a shutdown, someone's `docker stop`), so the outputs may be gone and the outcome is not the
+                # submission's.
+                raise HostFault(f"{job.piece_id}: the keeper of its output folder stopped (was Docker stopped?)")
             return JobOutcome(
                 exit_code=None if timed_out else int(state.get("ExitCode", -1)),
                 timed_out=timed_out,
@@ -238,11 +271,6 @@ class DockerRuntime:
                 isolation=self.isolation(),
                 memory_peak_bytes=memory_peak,
             )
-        except ImageNotFound:
-            return JobOutcome.refused(f"image {job.image} not found; build or pull it before the run", self.isolation())
-        except APIError as exc:
-            # The daemon refused this container (bad image entry, bad mount): the piece fails, the run goes on.
-            return JobOutcome.refused(f"Docker refused the container: {exc.explanation or exc}", self.isolation())
         finally:
             for leftover in (container, keeper):
                 if leftover is not None:

@@ -20,6 +20,9 @@ from sandbox.runtime.base import ContainerJob, JobOutcome, tail_text
 WARNING = "--runtime process isolates nothing: submissions run as you, with your files and network. Trusted code only."
 
 
+_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH")
+
+
 class ProcessRuntime:
     name = "process"
 
@@ -32,13 +35,18 @@ class ProcessRuntime:
     def cleanup_run(self, run_id: str) -> int:
         return 0
 
+    def wait_until_available(self, timeout_s: float) -> bool:
+        return True
+
     def run(self, job: ContainerJob) -> JobOutcome:
         with tempfile.TemporaryDirectory(prefix="sbx-out-") as out_root:
             output_dir = Path(out_root) / job.output_mount.strip("/")
             output_dir.mkdir()
             args = [arg.format(input=job.input_dir, output=str(output_dir)) for arg in job.args]
             entry = Path(job.code_dir) / job.entry_point
-            env = {**os.environ, **job.env, "TMPDIR": out_root}
+            # Not the host's whole environment (tokens, credentials): only what a program needs to start.
+            env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
+            env.update({**job.env, "TMPDIR": out_root, "HOME": out_root})
             if job.gpus and job.gpus != "all":
                 env["CUDA_VISIBLE_DEVICES"] = job.gpus
             elif not job.gpus:
