@@ -1,36 +1,47 @@
 """Reading what a submission wrote (SPEC 6): every byte is hostile.
 
-Output folders are collected as {file name: bytes} of top-level regular files only: links, folders and special
-files are listed as skipped and never followed. Images are decoded only when their header declares at most the
-data set's pixel count; `result.csv` is read up to a cap.
+Output folders are collected as {file name: bytes} of top-level regular files only: links (hard links too),
+folders, special files and names that are not UTF-8 are listed as skipped and never followed. Reading is bounded
+in files, bytes per file and entries looked at. Images are decoded only when their header declares exactly the
+data set's size; `result.csv` is read up to a cap, in time linear in its size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import os
-import re
 import stat
+import struct
 import tarfile
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
+from sandbox.errors import HostFault
 from sandbox.runtime.base import MAX_OUTPUT_FILE_BYTES, MAX_OUTPUT_FILES
 
 MAX_RESULT_CSV_BYTES = 16 * 1024**2
-_LABEL_LINE = re.compile(r"^\s*([^,]+?)\s*,\s*([+-]?\d+)\s*$")
+# Entries looked at in an output folder (files kept plus skipped), so a million empty files cost bounded memory.
+MAX_OUTPUT_ENTRIES = 2 * MAX_OUTPUT_FILES
+_MAX_NAME_CHARS = 255  # the longest file name Linux allows
+_MAX_LABEL_CHARS = 12
+_BLANKS = " \t\r\n"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Modes Pillow gives 8-bit PNGs; each converts to 'L' and 'RGB' by a fixed rule (palette lookup, alpha dropped).
+_8BIT_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
+# 16-bit grey PNGs open as "I" in older Pillow, "I;16" in newer; convert() to 'L' clips them at 255.
+_16BIT_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L"})
 
 
 class _ChunkStream(io.RawIOBase):
     """A read-only file over an iterator of byte chunks, so a tar stream is parsed without holding it all."""
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
         self._buffer = b""
 
     def readable(self) -> bool:
@@ -48,33 +59,68 @@ class _ChunkStream(io.RawIOBase):
         return size
 
 
+def _printable_name(name: str) -> str:
+    """The name with bytes that are not UTF-8 shown as `\\xNN`, so it can be stored in SQLite and printed."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def collect_tar_stream(chunks: Iterable[bytes]) -> tuple[dict[str, bytes], list[str]]:
-    """Top-level regular files of a tar stream (as `docker cp` sends a folder)."""
+    """Top-level regular files of a tar stream (as `docker cp` sends a folder).
+
+    Hard links, symlinks, FIFOs, devices and folders are skipped by their tar type, never resolved. At most
+    MAX_OUTPUT_ENTRIES members are parsed; the rest of the stream is drained unparsed, so the connection ends
+    cleanly. A truncated or malformed archive raises HostFault.
+    """
     files: dict[str, bytes] = {}
     skipped: list[str] = []
-    with tarfile.open(fileobj=io.BufferedReader(_ChunkStream(chunks)), mode="r|") as tar:
-        for member in tar:
-            parts = [part for part in PurePosixPath(member.name).parts if part != "."]
-            if not parts:
-                continue
-            if len(parts) != 1 or not member.isreg():
-                skipped.append(member.name.removeprefix("./"))
-                continue
-            if len(files) >= MAX_OUTPUT_FILES or member.size > MAX_OUTPUT_FILE_BYTES:
-                skipped.append(parts[0])
-                continue
-            extracted = tar.extractfile(member)
-            files[parts[0]] = extracted.read() if extracted else b""
+    iterator = iter(chunks)
+    try:
+        with tarfile.open(
+            fileobj=io.BufferedReader(_ChunkStream(iterator)),
+            mode="r|",
+            encoding="utf-8",
+            errors="surrogateescape",
+        ) as tar:
+            for _ in range(MAX_OUTPUT_ENTRIES):
+                member = tar.next()
+                if member is None:
+                    break
+                tar.members.clear()  # tarfile keeps every member it parsed; this reader needs none of them
+                parts = [part for part in PurePosixPath(member.name).parts if part != "."]
+                if not parts:
+                    continue
+                name = member.name.removeprefix("./")
+                shown = _printable_name(name)
+                if shown != name or len(parts) != 1 or not member.isreg():
+                    skipped.append(shown)
+                    continue
+                if len(files) >= MAX_OUTPUT_FILES or member.size > MAX_OUTPUT_FILE_BYTES:
+                    skipped.append(parts[0])
+                    continue
+                extracted = tar.extractfile(member)
+                files[parts[0]] = extracted.read() if extracted else b""
+    except tarfile.TarError as exc:
+        # Docker writes this archive after the submission ended, so a broken one is the host's fault, not a score.
+        raise HostFault(f"the output archive Docker sent is unreadable ({exc})") from None
+    for _ in iterator:  # the members past the bound, drained unparsed so the connection ends cleanly
+        pass
     return files, skipped
 
 
 def collect_folder(folder: Path) -> tuple[dict[str, bytes], list[str]]:
-    """Top-level regular files of a host folder, opened without following links."""
+    """Top-level regular files of a host folder, opened without following links and without blocking.
+
+    Only the MAX_OUTPUT_ENTRIES first names (in sorted order) are looked at, so memory stays bounded whatever
+    the folder holds. A file with more than one hard link is skipped: its content may live outside the folder.
+    """
     files: dict[str, bytes] = {}
     skipped: list[str] = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_file(follow_symlinks=False) or len(files) >= MAX_OUTPUT_FILES:
-            skipped.append(entry.name)
+    with os.scandir(folder) as scan:
+        entries = heapq.nsmallest(MAX_OUTPUT_ENTRIES, scan, key=lambda e: e.name)
+    for entry in entries:
+        shown = _printable_name(entry.name)
+        if shown != entry.name or not entry.is_file(follow_symlinks=False) or len(files) >= MAX_OUTPUT_FILES:
+            skipped.append(shown)
             continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -83,24 +129,46 @@ def collect_folder(folder: Path) -> tuple[dict[str, bytes], list[str]]:
             continue
         with os.fdopen(fd, "rb") as f:
             info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_OUTPUT_FILE_BYTES:
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > MAX_OUTPUT_FILE_BYTES:
                 skipped.append(entry.name)
                 continue
             files[entry.name] = f.read(MAX_OUTPUT_FILE_BYTES + 1)[:MAX_OUTPUT_FILE_BYTES]
     return files, skipped
 
 
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) a PNG's IHDR declares, read before Pillow sees the file."""
+    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
 def decode_image(data: bytes, size: tuple[int, int], mode: str) -> np.ndarray | None:
-    """Decodes a PNG of exactly `size` into `mode`; None for anything else (wrong size, not PNG, a bomb)."""
+    """Decodes a PNG of exactly `size` into `mode`; None for anything else (wrong size, not PNG, a bomb).
+
+    The size is checked in the header before decoding, so a huge declared image costs nothing; Pillow bounds
+    compressed text and ICC chunks (MAX_TEXT_CHUNK, MAX_TEXT_MEMORY) and stops inflating pixel data at the
+    declared size. 16-bit grey keeps its high byte, as Pillow itself does for 16-bit RGB.
+    """
+    if _png_size(data) != tuple(size):
+        return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-                if image.size != size:
-                    return None
-                image.load()
-                return np.asarray(image.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            if image.size != size:
+                return None
+            image.load()
+            if image.mode in _16BIT_GREY_MODES:
+                high = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+                return np.asarray(Image.fromarray(high).convert(mode), dtype=np.uint8)
+            if image.mode not in _8BIT_MODES:
+                return None
+            return np.asarray(image.convert(mode), dtype=np.uint8)
+    except MemoryError:
+        raise  # the host ran short, not this file
+    except Exception:
+        # Pillow's PNG reader raises many types on hostile chunks (fuzzing found IndexError from a short iCCP after
+        # IDAT and AssertionError converting a palette image with no PLTE): all are an undecodable image.
         return None
 
 
@@ -126,20 +194,40 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _parse_label_line(line: str) -> tuple[str, int] | None:
+    """`NAME,LABEL` split on the first comma; None for a bad line. Linear time: no regex to backtrack on."""
+    name, comma, label = line.partition(",")
+    name, label = name.strip(_BLANKS), label.strip(_BLANKS)
+    if not comma or not name or len(name) > _MAX_NAME_CHARS or len(label) > _MAX_LABEL_CHARS:
+        return None
+    digits = label[1:] if label.startswith(("+", "-")) else label
+    # str.isdigit alone accepts Unicode digits ('٣', '³') that int() reads or refuses.
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    try:
+        return name, int(label)
+    except ValueError:  # cannot happen after the checks above; one line must never abort a run
+        return None
+
+
 def parse_result_csv(data: bytes, known_names: set[str]) -> tuple[dict[str, int], int]:
     """Parses `FILENAME,LABEL` lines (SPEC 2): returns {name: label} (first line wins) and the bad-line count.
 
-    A UTF-8 BOM, CRLF and spaces around fields are tolerated; `3.0`, `nan`, unknown names and paths are not.
+    A UTF-8 BOM, CRLF and spaces or tabs around fields are tolerated; `3.0`, `nan`, unknown names and paths are
+    not. Lines are read lazily, so 16 MiB of empty lines costs no more memory than one line.
     """
-    text = data[:MAX_RESULT_CSV_BYTES].decode("utf-8", errors="replace").removeprefix("\ufeff")
+    text = io.TextIOWrapper(
+        io.BytesIO(data[:MAX_RESULT_CSV_BYTES]), encoding="utf-8-sig", errors="replace", newline=None
+    )
     labels: dict[str, int] = {}
     bad = 0
-    for line in text.splitlines():
-        if not line.strip():
+    for line in text:
+        if not line.strip(_BLANKS):
             continue
-        match = _LABEL_LINE.match(line)
-        if not match or match.group(1) not in known_names:
+        parsed = _parse_label_line(line)
+        if parsed is None or parsed[0] not in known_names:
             bad += 1
             continue
-        labels.setdefault(match.group(1), int(match.group(2)))
+        name, label = parsed
+        labels.setdefault(name, label)
     return labels, bad
