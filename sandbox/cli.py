@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sandbox.competition import Events, RunOptions, rebuild_report, run_competition
+from sandbox.competition import Events, RunOptions, rebuild_report, resolve_options, run_competition
 from sandbox.errors import SandboxError
 from sandbox.plan import parse_epsilons
 from sandbox.runtime.base import Limits
@@ -182,13 +181,18 @@ def main() -> None:
 )
 @click.option(
     "--defense-batch-size",
-    default=1000,
+    default=10_000,
     show_default=True,
     type=click.IntRange(1),
-    help="Distinct images per defense piece.",
+    help="At most this many distinct images per defense piece; below it, as few pieces as keep --jobs busy.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; each piece gets SANDBOX_SEED from it.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Pieces run at once.")
+@click.option(
+    "--jobs",
+    default=None,
+    type=click.IntRange(1),
+    help="Pieces run at once. Default: one per core, as many as memory holds at --memory each.",
+)
 @click.option("--gpus", default=None, help="GPUs for the containers: 'all' or ids like 0,1 (one piece per GPU).")
 @click.option(
     "--runtime",
@@ -265,7 +269,6 @@ def run(
     no_build,
 ) -> None:
     """Run every attack on the data set and every defense on their images; write scores."""
-    cpus = cpus or float(max(1, (os.cpu_count() or 1) // jobs))
     limits = _limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
     options = RunOptions(
         attacks=tuple(attacks) or None,
@@ -286,17 +289,15 @@ def run(
         build_images=not no_build,
         docker_wait=docker_wait,
     )
-    from sandbox.competition import default_out_dir
-
-    if options.out is None:
-        options = RunOptions(**{**options.__dict__, "out": default_out_dir()})
+    options = resolve_options(options)
+    limits = options.limits
     console.print(
         f"run folder: [bold]{options.out}[/bold]  (resume an interrupted run with --out {options.out})", highlight=False
     )
     console.print(
         f"limits per piece: {time_limit:g} s per 100 images (at least {min_time_limit:g} s), memory {memory}, "
-        f"{cpus:g} CPUs, {pids} processes, output {output_size}, network none; "
-        f"epsilon {','.join(map(str, epsilon))}; jobs {jobs}; "
+        f"{limits.cpus:g} CPUs, {pids} processes, output {output_size}, network none; "
+        f"epsilon {','.join(map(str, epsilon))}; jobs {options.jobs}; "
         f"runtime {runtime_name}" + (f"/{isolation}" if runtime_name == "docker" else ""),
         highlight=False,
     )
@@ -346,7 +347,12 @@ def run(
     help="Seconds a piece gets at least, as in the run.",
 )
 @click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory limit, as in the run.")
-@click.option("--cpus", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="CPUs, as in the run.")
+@click.option(
+    "--cpus",
+    default=None,
+    type=click.FloatRange(min=0.01),
+    help="CPUs, as in the run. Default: the machine's cores (a run with --jobs N gives cores / N).",
+)
 @click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes, as in the run.")
 @click.option("--output-size", default="512m", show_default=True, callback=_size, help="Output cap, as in the run.")
 @click.option(

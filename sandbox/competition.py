@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -26,9 +26,10 @@ from sandbox.dataset import DataSet, load_dataset
 from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError
 from sandbox.executor import run_tasks
 from sandbox.pieces import RunContext, run_attack_piece, run_defense_piece
-from sandbox.plan import plan_attack_pieces, plan_defense_pieces
+from sandbox.plan import DefensePiece, piece_seed, plan_attack_pieces, plan_defense_pieces
 from sandbox.reporting import build_results, write_nips_files, write_report_html, write_results
 from sandbox.runtime import Limits, Runtime, make_runtime
+from sandbox.runtime.base import default_workers
 from sandbox.scoring import compute_scores
 from sandbox.store import PieceRecord, RunStore, write_atomically
 from sandbox.submission import LeftOut, SubmissionSet, load_submissions
@@ -46,9 +47,9 @@ class RunOptions:
     epsilon: tuple[int, ...] = (16,)
     batch_size: int = 100
     attack_piece_size: int = 1000
-    defense_batch_size: int = 1000
+    defense_batch_size: int = 10_000  # at most this many distinct images in one defense piece
     seed: int = 0
-    jobs: int = 1
+    jobs: int | None = None  # None: one per core, as many as memory allows (`resolve_options`)
     gpus: str | None = None
     runtime: str = "docker"
     isolation: str = "runc"
@@ -204,11 +205,19 @@ def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str, bool]
     return store, store.get_meta("run_id") or "", store.get_meta("secret") or "", True
 
 
+def resolve_options(options: RunOptions) -> RunOptions:
+    """Fills in what depends on the machine (workers, each one's CPU share) and the run folder, once, here: the
+    CLI prints these values, the manifest records them, and a library caller gets the same defaults."""
+    jobs = options.jobs or default_workers(options.limits.memory)
+    return replace(
+        options, jobs=jobs, limits=options.limits.for_workers(jobs), out=Path(options.out or default_out_dir())
+    )
+
+
 def run_competition(options: RunOptions | None = None, events: Events | None = None) -> RunResult:
     """Runs every attack on the data set and every defense on every attack's images; writes the outputs."""
-    options = options or RunOptions()
-    out = Path(options.out or default_out_dir())
-    options = RunOptions(**{**options.__dict__, "out": out})
+    options = resolve_options(options or RunOptions())
+    out = Path(options.out)
     try:
         return _run_competition(options, events or Events())
     except (OSError, sqlite3.OperationalError) as exc:
@@ -372,10 +381,31 @@ def _defense_task(piece, submission, dataset, ctx, runtime, adversarial_path, gp
     return run_defense_piece(piece, submission, dataset, ctx, runtime, adversarial_path, gpu)
 
 
+def _defense_plan(options, subs, store) -> list[DefensePiece]:
+    """The stored defense pieces of this run folder, plus new ones for images no piece of a defense holds yet.
+
+    Stored pieces never change (a resume with another --jobs, or images added later, re-runs nothing finished).
+    """
+    stored = [
+        DefensePiece(piece_id, defense, hashes, piece_seed(options.seed, piece_id))
+        for piece_id, (defense, hashes) in store.defense_plan().items()
+        if defense in subs
+    ]
+    planned: dict[str, set[str]] = {}
+    for piece in stored:
+        planned.setdefault(piece.submission_id, set()).update(piece.image_hashes)
+    new = plan_defense_pieces(
+        list(subs), store.distinct_hashes(), options.jobs, options.defense_batch_size, options.seed, planned
+    )
+    store.save_defense_plan((p.piece_id, p.submission_id, p.image_hashes) for p in new)
+    return stored + new
+
+
 def _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events) -> int:
     subs = {s.id: s for s in sets["defense"].submissions}
-    pieces = plan_defense_pieces(list(subs), store.distinct_hashes(), options.defense_batch_size, options.seed)
+    pieces = _defense_plan(options, subs, store)
     todo = [p for p in pieces if p.piece_id not in finished]
+    todo.sort(key=lambda p: -len(p.image_hashes))  # longest first: the last pieces to finish are the short ones
     events.phase("defenses", len(pieces), len(pieces) - len(todo))
     tasks: list[Callable] = [
         _retrying_host_faults(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -65,6 +67,14 @@ def _work_dir(ctx: RunContext, piece_id: str) -> Path:
     return path
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link costs no copy; the input folder is mounted read-only, so the container cannot change it."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _environment(ctx: RunContext, seed: int) -> dict[str, str]:
     threads = str(ctx.limits.threads())
     return {
@@ -115,7 +125,7 @@ def _piece_record(
     n_images: int,
     epsilon: int | None,
     outcome: JobOutcome,
-    total_s: float,
+    started_at: float,
     time_limit_s: float,
     failed_images: int,
     clipped_pixels: int = 0,
@@ -132,7 +142,7 @@ def _piece_record(
         timed_out=outcome.timed_out,
         oom_killed=outcome.oom_killed,
         wall_s=round(outcome.wall_s, 3),
-        total_s=round(total_s, 3),
+        total_s=round(time.time() - started_at, 3),
         time_limit_s=time_limit_s,
         failed_images=failed_images,
         clipped_pixels=clipped_pixels,
@@ -142,6 +152,9 @@ def _piece_record(
         error=outcome.error,
         stdout_tail=outcome.stdout_tail,
         stderr_tail=outcome.stderr_tail,
+        started_at=round(started_at, 3),
+        ended_at=round(time.time(), 3),
+        worker=threading.current_thread().name,
     )
 
 
@@ -175,9 +188,11 @@ def execute_attack(
             clean[image_id] = dataset.load_pixels(image_id)
             # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
             (work / "input" / name).write_bytes(encode_png(clean[image_id]))
+            (work / "input" / name).chmod(0o444)  # readable by the container's user whatever the host's umask
         if piece.targeted:
             lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in piece.image_ids)
             (work / "input" / "target_class.csv").write_text(lines)
+            (work / "input" / "target_class.csv").chmod(0o444)
         time_limit = ctx.limits.time_limit(len(piece.image_ids))
         args = ("{input}", "{output}", str(piece.epsilon))
         job = _job(ctx, piece.piece_id, piece.seed, submission, work, "/output_images", args, time_limit, gpu)
@@ -195,7 +210,7 @@ def run_attack_piece(
     runtime: Runtime,
     gpu: str | None = None,
 ) -> AttackPieceResult:
-    started = time.monotonic()
+    started = time.time()
     execution = execute_attack(piece, submission, dataset, ctx, runtime, gpu)
     outcome = execution.outcome
     images, pngs = [], {}
@@ -222,7 +237,7 @@ def run_attack_piece(
         len(piece.image_ids),
         piece.epsilon,
         outcome,
-        time.monotonic() - started,
+        started,
         execution.time_limit,
         failed,
         clipped_pixels=clipped_total,
@@ -249,10 +264,12 @@ def execute_defense(
         for key, source in inputs.items():
             name = opaque_name(ctx.secret, piece_id, key)
             by_name[name] = key
+            target = work / "input" / name
             if isinstance(source, bytes):
-                (work / "input" / name).write_bytes(source)
+                target.write_bytes(source)
             else:
-                shutil.copyfile(source, work / "input" / name)
+                _link_or_copy(source, target)
+            target.chmod(0o444)  # readable by the container's user whatever the host's umask
         time_limit = ctx.limits.time_limit(len(inputs))
         args = ("{input}", "{output}/result.csv")
         job = _job(ctx, piece_id, seed, submission, work, "/output_data", args, time_limit, gpu)
@@ -272,7 +289,7 @@ def run_defense_piece(
     gpu: str | None = None,
 ) -> DefensePieceResult:
     """`adversarial_path(sha256)` gives the stored PNG of an image (the store's layout, passed in as data)."""
-    started = time.monotonic()
+    started = time.time()
     inputs: dict[str, Path | bytes] = {sha: adversarial_path(sha) for sha in piece.image_hashes}
     outcome, by_name, time_limit = execute_defense(piece.piece_id, piece.seed, submission, ctx, runtime, inputs, gpu)
     parsed, bad_lines = parse_result_csv(outcome.files.get("result.csv", b""), set(by_name))
@@ -288,7 +305,7 @@ def run_defense_piece(
         len(piece.image_hashes),
         None,
         outcome,
-        time.monotonic() - started,
+        started,
         time_limit,
         missing,
         bad_lines=bad_lines,

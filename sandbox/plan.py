@@ -7,7 +7,8 @@ resumed: a piece whose id is recorded as finished is not run again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -100,15 +101,38 @@ def plan_attack_pieces(
     return pieces
 
 
+def defense_piece_count(n_images: int, n_defenses: int, workers: int, max_piece_images: int) -> int:
+    """As few pieces as keep every worker busy: each piece pays the defense's start-up (a framework import,
+    loading weights) once, whatever its size. More only where a piece would exceed `max_piece_images` (which bounds
+    the work a kill loses and the piece's time limit)."""
+    if n_images == 0:
+        return 0
+    for_workers = math.ceil(workers / max(1, n_defenses))
+    return min(n_images, max(for_workers, math.ceil(n_images / max_piece_images)))
+
+
 def plan_defense_pieces(
-    defense_ids: Sequence[str], image_hashes: Sequence[str], batch_size: int, run_seed: int
+    defense_ids: Sequence[str],
+    image_hashes: Sequence[str],
+    workers: int,
+    max_piece_images: int,
+    run_seed: int,
+    planned: Mapping[str, set[str]] | None = None,
 ) -> list[DefensePiece]:
-    """Every defense on chunks of the sorted distinct images; the id names the chunk's content."""
-    ordered = sorted(set(image_hashes))
+    """Every defense on the distinct images it has no piece for yet, in even chunks of the sorted hashes.
+
+    `planned` maps a defense to the images already in its stored pieces: a resume (with any --jobs) or images
+    added later never move an image from one piece to another, so a finished piece stays finished. The id names
+    the chunk's content.
+    """
+    planned = planned or {}
     pieces = []
     for sub_id in defense_ids:
-        for index, chunk in enumerate(batches(ordered, batch_size)):
+        todo = sorted(set(image_hashes) - planned.get(sub_id, set()))
+        count = defense_piece_count(len(todo), len(defense_ids), workers, max_piece_images)
+        for index in range(count):
+            chunk = tuple(todo[index * len(todo) // count : (index + 1) * len(todo) // count])
             content = hashlib.sha256("".join(chunk).encode()).hexdigest()[:12]
-            piece_id = f"defense/{sub_id}/{index:05d}-{content}"
+            piece_id = f"defense/{sub_id}/{content}"
             pieces.append(DefensePiece(piece_id, sub_id, chunk, piece_seed(run_seed, piece_id)))
     return pieces

@@ -18,6 +18,7 @@ from sandbox.dataset import DataSet
 from sandbox.outputs_read import encode_png
 from sandbox.scoring import Scores, ranking
 from sandbox.store import PieceRecord, RunStore, write_atomically
+from sandbox.timeline import time_profile, worker_timeline
 
 NIPS_FILES = (
     "accuracy_on_attacks.csv",
@@ -143,6 +144,8 @@ def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
             "piece_total_s": round(sum(p.total_s for p in pieces), 3),
             "mean_overhead_s": round(sum(overheads) / len(overheads), 3) if overheads else None,
             "run_wall_s": manifest.get("run_wall_s"),
+            "per_submission": time_profile(pieces),
+            "timeline": worker_timeline(pieces),
         },
     }
 
@@ -191,5 +194,7 @@ def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSe
         gallery_attacks=attacks,
         failures=results["failures"],
         left_out=results["left_out"] or [],
+        timeline=results["timing"]["timeline"],
+        time_profile=results["timing"]["per_submission"],
     )
     write_atomically(out / "report.html", html.encode())

@@ -11,7 +11,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +33,16 @@ CREATE TABLE IF NOT EXISTS adversarial (
 CREATE TABLE IF NOT EXISTS labels (
     defense_id TEXT NOT NULL, sha256 TEXT NOT NULL, label INTEGER, PRIMARY KEY (defense_id, sha256)
 );
+CREATE TABLE IF NOT EXISTS defense_plan (
+    piece_id TEXT NOT NULL, defense_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (defense_id, sha256)
+);
 """
+# Columns added after the first release: a run folder made before them is given them when it is reopened.
+ADDED_PIECE_COLUMNS = {
+    "started_at": "REAL NOT NULL DEFAULT 0",
+    "ended_at": "REAL NOT NULL DEFAULT 0",
+    "worker": "TEXT NOT NULL DEFAULT ''",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,9 @@ class PieceRecord:
     error: str | None
     stdout_tail: str
     stderr_tail: str
+    started_at: float = 0.0  # seconds since the epoch, for the report's timeline
+    ended_at: float = 0.0
+    worker: str = ""  # which of the run's workers ran it
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,24 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(pieces)")}
+        for column, declaration in ADDED_PIECE_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE pieces ADD COLUMN {column} {declaration}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction, committed whole or not at all. On a full disk SQLite may already have rolled it back
+        itself: rolling back again would hide the real error under 'no transaction is active'."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._db.close()
@@ -132,35 +163,34 @@ class RunStore:
         )
 
     def record_attack_piece(self, piece: PieceRecord, images: Iterable[AdversarialRecord]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO adversarial VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.submission_id, r.image_id, r.sha256, r.epsilon, int(r.failed), r.clipped_pixels)
-                        for r in images
-                    ],
-                )
-                self._insert_piece(piece)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO adversarial VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.submission_id, r.image_id, r.sha256, r.epsilon, int(r.failed), r.clipped_pixels) for r in images],
+            )
+            self._insert_piece(piece)
 
     def record_defense_piece(self, piece: PieceRecord, labels: dict[str, int | None]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
-                    [(piece.submission_id, sha, label) for sha, label in labels.items()],
-                )
-                self._insert_piece(piece)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
+                [(piece.submission_id, sha, label) for sha, label in labels.items()],
+            )
+            self._insert_piece(piece)
+
+    def save_defense_plan(self, pieces: Iterable[tuple[str, str, tuple[str, ...]]]) -> None:
+        """(piece id, defense id, image hashes) of newly planned defense pieces, fixed from then on."""
+        rows = [(piece_id, defense, sha) for piece_id, defense, hashes in pieces for sha in hashes]
+        with self._transaction():
+            self._db.executemany("INSERT OR IGNORE INTO defense_plan VALUES (?, ?, ?)", rows)
+
+    def defense_plan(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """{piece id: (defense id, sorted image hashes)} of every defense piece planned in this run folder."""
+        plan: dict[str, tuple[str, list[str]]] = {}
+        query = "SELECT piece_id, defense_id, sha256 FROM defense_plan ORDER BY piece_id, sha256"
+        for piece_id, defense, sha in self._db.execute(query):
+            plan.setdefault(piece_id, (defense, []))[1].append(sha)
+        return {piece_id: (defense, tuple(hashes)) for piece_id, (defense, hashes) in plan.items()}
 
     # -- reads, for scoring and reports
     def pieces(self) -> list[PieceRecord]:

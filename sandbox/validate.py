@@ -352,7 +352,7 @@ def validate_submission(
 ) -> ValidationReport:
     """Checks a submission folder or archive; never raises for a problem of the submission itself."""
     path = Path(path)
-    limits = limits or Limits()
+    limits = (limits or Limits()).for_workers(1)
     report = ValidationReport(path=str(path), id=submission_id(path))
     work = Path(tempfile.mkdtemp(prefix="sbx-validate-"))
     try:

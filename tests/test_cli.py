@@ -66,7 +66,7 @@ def _run_args(dataset: Path, root: Path, out: Path) -> list[str]:
 
 
 def _labelled_containers(client: docker.DockerClient, run_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}, ignore_removed=True)
 
 
 @pytest.mark.usefixtures("docker_ready")

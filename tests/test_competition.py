@@ -37,6 +37,7 @@ def options(tmp_path: Path, dataset: Path, **overrides) -> RunOptions:
         batch_size=10,
         attack_piece_size=10,
         defense_batch_size=1000,
+        jobs=1,  # one piece at a time: the time limits below stay far from a busy machine's noise
         limits=FAST,
         build_images=False,
     )
@@ -87,6 +88,13 @@ def test_scores_match_a_hand_computed_expectation(tmp_path, small_dataset):
         assert db.execute("SELECT SUM(n_images) FROM pieces WHERE kind = 'defense'").fetchone()[0] == 20
     html = (out / "report.html").read_text()
     assert "always3" in html and "noop_targeted" in html and html.count("data:image/png;base64,") == 8 * 3
+    # Where the time went: one bar per piece on the worker that ran it, and each submission's time profile.
+    timing = results["timing"]
+    assert len(timing["timeline"]["bars"]) == timing["pieces"] == html.count("<g><title>")
+    assert timing["timeline"]["workers"] == ["piece_0"] and 0 <= timing["timeline"]["idle_share"] < 1
+    assert set(timing["per_submission"]) == {"noop", "noop_targeted", "always3"}
+    assert timing["per_submission"]["always3"]["images"] == 20
+    assert "Where the time went" in html and "<svg" in html
     # Scoring reads the store only: rebuilding the report gives the same results.
     assert rebuild_report(out)["scores"] == results["scores"]
 

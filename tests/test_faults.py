@@ -143,7 +143,7 @@ def _run_containers(run_out: Path) -> list:
     if not row:
         return []
     client = docker.from_env()
-    return client.containers.list(filters={"label": f"{LABEL_RUN}={row[0]}", "status": "running"})
+    return client.containers.list(filters={"label": f"{LABEL_RUN}={row[0]}", "status": "running"}, ignore_removed=True)
 
 
 def _when_a_defense_runs(run_out: Path, action, fired: list, timeout: float = 120.0) -> threading.Thread:

@@ -19,7 +19,7 @@ from sandbox.dataset import build_fashion_mnist, load_dataset, subset_dataset
 from sandbox.errors import DataSetError, SubmissionError
 from sandbox.fashion_mnist import DEBIAN_ROOT
 from sandbox.outputs_read import clip_to_epsilon, collect_folder, decode_image, parse_result_csv, pixel_hash
-from sandbox.plan import parse_epsilons, plan_attack_pieces, plan_defense_pieces
+from sandbox.plan import defense_piece_count, parse_epsilons, plan_attack_pieces, plan_defense_pieces
 from sandbox.submission import load_submission, load_submissions
 from tests.submissions import NOOP_ATTACK, write_submission
 
@@ -66,8 +66,34 @@ def test_piece_seeds_are_stable_and_distinct():
 
 def test_defense_pieces_cover_each_distinct_image_once():
     hashes = ["c", "a", "b", "a", "d"]
-    pieces = plan_defense_pieces(["d1"], hashes, 3, 0)
-    assert [p.image_hashes for p in pieces] == [("a", "b", "c"), ("d",)]
+    pieces = plan_defense_pieces(["d1"], hashes, workers=1, max_piece_images=3, run_seed=0)
+    assert [p.image_hashes for p in pieces] == [("a", "b"), ("c", "d")]
+
+
+@pytest.mark.parametrize(
+    ("images", "defenses", "workers", "cap", "expected"),
+    [
+        (5500, 4, 1, 10_000, 1),  # one worker: each defense's start-up paid once
+        (5500, 4, 2, 10_000, 1),  # four defenses already keep two workers busy
+        (5500, 1, 2, 10_000, 2),  # one defense, two workers: two pieces
+        (9000, 3, 8, 10_000, 3),  # eight workers, three defenses: three pieces each
+        (25_000, 4, 2, 10_000, 3),  # the cap bounds a piece (time limit, work lost to a kill)
+        (2, 1, 16, 10_000, 2),  # never an empty piece
+        (0, 4, 2, 10_000, 0),
+    ],
+)
+def test_defense_piece_count_is_as_few_as_keep_the_workers_busy(images, defenses, workers, cap, expected):
+    assert defense_piece_count(images, defenses, workers, cap) == expected
+
+
+def test_planned_defense_pieces_never_move_when_images_are_added():
+    first = plan_defense_pieces(["d1", "d2"], ["a", "b", "c", "d"], workers=4, max_piece_images=100, run_seed=0)
+    assert [p.image_hashes for p in first] == [("a", "b"), ("c", "d"), ("a", "b"), ("c", "d")]
+    planned = {"d1": {"a", "b", "c", "d"}, "d2": {"a", "b", "c", "d"}}
+    # A resume with another --jobs plans nothing new; a new attack's images get pieces of their own.
+    assert plan_defense_pieces(["d1", "d2"], ["a", "b", "c", "d"], 1, 100, 0, planned) == []
+    added = plan_defense_pieces(["d1", "d2"], ["a", "b", "c", "d", "e"], 1, 100, 0, planned)
+    assert [(p.submission_id, p.image_hashes) for p in added] == [("d1", ("e",)), ("d2", ("e",))]
 
 
 @pytest.mark.parametrize("bad", ["", "x", "4,300", "-1"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 LABEL_APP = "org.adversarial-sandbox"
@@ -22,7 +24,7 @@ class Limits:
     time_per_100_images: float = 500.0
     min_time: float = 60.0
     memory: str = "4g"
-    cpus: float = 1.0
+    cpus: float | None = None  # None: the machine's cores shared among the run's workers (`for_workers`)
     pids: int = 256
     output_size: str = "512m"
     tmp_size: str = "512m"
@@ -35,7 +37,34 @@ class Limits:
         return max(self.min_time, self.time_per_100_images * max(n_images, 1) / 100.0)
 
     def threads(self) -> int:
-        return max(1, math.ceil(self.cpus))
+        return max(1, math.ceil(self.cpus or 1))
+
+    def for_workers(self, workers: int) -> Limits:
+        """The limits with the CPU share filled in: every caller (run, validate, benchmarks) gets the same one."""
+        if self.cpus is not None:
+            return self
+        return replace(self, cpus=float(max(1, machine_cores() // max(1, workers))))
+
+
+def machine_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def size_bytes(size: str) -> int:
+    """`512m`, `4g`, `100k`, `1000` (bytes), as Docker reads them."""
+    match = re.fullmatch(r"(\d+)([bkmg]?)", size.strip().lower())
+    if not match:
+        raise ValueError(f"'{size}': use a size like 512m or 4g")
+    return int(match.group(1)) * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
+
+
+def default_workers(memory_per_piece: str) -> int:
+    """One piece per core, but no more than the machine's memory holds at each piece's memory limit."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return machine_cores()
+    return max(1, min(machine_cores(), total // max(1, size_bytes(memory_per_piece))))
 
 
 @dataclass(frozen=True)
