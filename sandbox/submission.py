@@ -116,13 +116,20 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return f"{path}: field '{where}': {first['msg']}{expected}"
 
 
+MAX_METADATA_BYTES = 1024**2
+
+
 def read_metadata(path: Path) -> Metadata:
     try:
+        if path.stat().st_size > MAX_METADATA_BYTES:
+            raise SubmissionError(f"{path}: larger than {MAX_METADATA_BYTES // 1024} KiB; keep metadata.json short")
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise SubmissionError(f"{path}: missing; every submission needs metadata.json at its root") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SubmissionError(f"{path}: not valid JSON ({exc}); fix the syntax") from None
+    except RecursionError:
+        raise SubmissionError(f"{path}: nested too deeply to read; use a flat JSON object") from None
     if not isinstance(data, dict):
         raise SubmissionError(f"{path}: must hold a JSON object with type, container and entry_point")
     try:

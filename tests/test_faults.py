@@ -221,16 +221,18 @@ def test_a_docker_restart_mid_run_is_waited_for_and_gives_the_same_scores(tmp_pa
 
 def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_anyone(tmp_path, small_dataset):
     # Asking for a GPU on a machine whose Docker has none is refused by the daemon: the host's fault.
+    probe = docker.from_env().containers.create(
+        "adversarial-sandbox/base:0.1",
+        ["true"],
+        device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
+    )
     try:
-        docker.from_env().containers.run(
-            "adversarial-sandbox/base:0.1",
-            ["true"],
-            remove=True,
-            device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
-        )
+        probe.start()
         pytest.skip("this Docker has a GPU: it does not refuse GPU containers")
     except docker.errors.APIError:
         pass
+    finally:
+        probe.remove(force=True)
     two_attacks_one_defense(tmp_path)
     run = tmp_path / "run"
     with pytest.raises(HostFault) as error:
@@ -240,4 +242,6 @@ def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_any
     assert f"resume with --out {run}" in message
     with sqlite3.connect(run / "store.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0] == 0  # nobody was scored for it
+    assert _run_containers(run) == []
+    time.sleep(8)  # pieces that were in flight when the run stopped start nothing that outlives it
     assert _run_containers(run) == []
