@@ -181,7 +181,7 @@ def main() -> None:
 )
 @click.option(
     "--defense-batch-size",
-    default=10_000,
+    default=20_000,
     show_default=True,
     type=click.IntRange(1),
     help="At most this many distinct images per defense piece; below it, as few pieces as keep --jobs busy.",

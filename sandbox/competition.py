@@ -47,7 +47,7 @@ class RunOptions:
     epsilon: tuple[int, ...] = (16,)
     batch_size: int = 100
     attack_piece_size: int = 1000
-    defense_batch_size: int = 10_000  # at most this many distinct images in one defense piece
+    defense_batch_size: int = 20_000  # at most this many distinct images in one defense piece
     seed: int = 0
     jobs: int | None = None  # None: one per core, as many as memory allows (`resolve_options`)
     gpus: str | None = None
@@ -268,7 +268,7 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
     out = Path(options.out)
     if min(options.jobs, options.batch_size, options.attack_piece_size, options.defense_batch_size) < 1:
         raise SandboxError("--jobs, --batch-size, --attack-piece-size and --defense-batch-size must be at least 1")
-    runtime = make_runtime(options.runtime, options.isolation)
+    runtime = make_runtime(options.runtime, options.isolation, keep_spares=options.jobs)
     if options.runtime == "process":
         from sandbox.runtime.process import WARNING
 
@@ -306,7 +306,10 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
             pass
         raise
     finally:
-        store.close()
+        try:
+            runtime.close()
+        finally:
+            store.close()
     left_out = [lo for subs in sets.values() for lo in subs.left_out]
     return RunResult(out, results, left_out, resumed_pieces)
 
@@ -331,8 +334,7 @@ def _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events) 
         for piece in todo
     ]
     for result in run_tasks(tasks, options.jobs, options.gpus):
-        for sha, png in result.pngs.items():
-            store.save_adversarial_png(sha, png)
+        store.save_adversarial_pngs(result.pngs)
         store.record_attack_piece(result.record, result.images)
         events.piece_done(result.record)
     return len(pieces) - len(todo)

@@ -52,6 +52,38 @@ class DefensePieceResult:
     labels: dict[str, int | None]  # sha256 -> label, None when missing or invalid
 
 
+class CleanImages:
+    """Each clean image's pixels and re-encoded PNG, kept after first use: every attack piece of a run reads the
+    same images, and decoding and encoding them again cost as much as the rest of the piece's own work at 28x28.
+    Bounded in bytes, so an ImageNet-sized data set keeps only what fits."""
+
+    def __init__(self, budget_bytes: int = 256 * 1024**2) -> None:
+        self.budget = budget_bytes
+        self._used = 0
+        self._images: dict[tuple, tuple[np.ndarray, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, dataset: DataSet, image_id: str) -> tuple[np.ndarray, bytes]:
+        info = dataset.image_path(image_id).stat()  # a data set rebuilt in place is read afresh
+        key = (str(dataset.root), image_id, info.st_mtime_ns, info.st_size)
+        with self._lock:
+            cached = self._images.get(key)
+        if cached is not None:
+            return cached
+        pixels = dataset.load_pixels(image_id)
+        pixels.setflags(write=False)  # shared between pieces: nobody may change it
+        entry = (pixels, encode_png(pixels))
+        with self._lock:
+            size = pixels.nbytes + len(entry[1])
+            if self._used + size <= self.budget:
+                self._images[key] = entry
+                self._used += size
+        return entry
+
+
+CLEAN_IMAGES = CleanImages()
+
+
 def opaque_name(secret: str, piece_id: str, key: str) -> str:
     """Stable across resumes (so seeded submissions give the same scores), unguessable without the secret."""
     digest = hmac.new(secret.encode(), f"{piece_id}\0{key}".encode(), hashlib.sha256).hexdigest()
@@ -185,9 +217,9 @@ def execute_attack(
         for image_id in piece.image_ids:
             name = opaque_name(ctx.secret, piece.piece_id, image_id)
             names[image_id] = name
-            clean[image_id] = dataset.load_pixels(image_id)
             # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
-            (work / "input" / name).write_bytes(encode_png(clean[image_id]))
+            clean[image_id], png = CLEAN_IMAGES.get(dataset, image_id)
+            (work / "input" / name).write_bytes(png)
             (work / "input" / name).chmod(0o444)  # readable by the container's user whatever the host's umask
         if piece.targeted:
             lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in piece.image_ids)

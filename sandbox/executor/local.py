@@ -7,8 +7,9 @@ thread one by one, which is where they are stored.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,7 +33,11 @@ def run_tasks(tasks: Sequence[Task], jobs: int = 1, gpus: str | None = None) -> 
         free.put(slot)
     workers = max(1, min(jobs, len(slots)))
 
+    stopping = threading.Event()  # once set, no piece starts: a run that failed starts nothing new
+
     def call(task: Task) -> T:
+        if stopping.is_set():
+            raise CancelledError
         slot = free.get()
         try:
             return task(slot)
@@ -50,6 +55,7 @@ def run_tasks(tasks: Sequence[Task], jobs: int = 1, gpus: str | None = None) -> 
             for future in done:
                 yield future.result()
     finally:
+        stopping.set()
         for future in pending:
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)

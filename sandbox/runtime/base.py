@@ -122,6 +122,10 @@ class Runtime(Protocol):
         """After a RuntimeUnavailable: waits up to `timeout_s` for the runtime to answer again."""
         ...
 
+    def close(self) -> None:
+        """The run is over: release what the runtime keeps between pieces."""
+        ...
+
     def cleanup_run(self, run_id: str) -> int:
         """Removes what a killed run left behind; returns how many things were removed."""
         ...

@@ -53,6 +53,14 @@ def _name(run_id: str, piece_id: str) -> str:
     return f"sbx-{run_id[:12]}-{slug}-{uuid.uuid4().hex[:6]}"
 
 
+def _still_running(container) -> bool:
+    try:
+        container.reload()
+    except NotFound:
+        return False
+    return bool(container.attrs["State"].get("Running"))
+
+
 def _removed(thing) -> int:
     """1 when this call removed it, 0 when something else already had (a piece's own removal, say)."""
     try:
@@ -119,9 +127,16 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(
-        self, oci_runtime: str | None = None, keeper_image: str = KEEPER_IMAGE, measure_memory: bool = False
+        self,
+        oci_runtime: str | None = None,
+        keeper_image: str = KEEPER_IMAGE,
+        measure_memory: bool = False,
+        keep_spares: int = 0,
     ) -> None:
         """`oci_runtime` is e.g. `runsc` for gVisor; None uses the daemon's default (runc).
+
+        `keep_spares`: output folders (volume and keeper) to keep started ahead of the pieces that will use them;
+        0 for a one-off caller such as `sandbox validate`, the run's workers for a run.
 
         `measure_memory` samples the container's memory twice a second (for `sandbox validate`).
         """
@@ -130,6 +145,12 @@ class DockerRuntime:
         self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reaper")
         self._removals: list[Future] = []
         self._declared_volumes: dict[str, list[str]] = {}
+        self.keep_spares = keep_spares
+        self._spares: dict[tuple[str, str], list[tuple]] = {}
+        self._spare_lock = threading.Lock()
+        self._preparing = 0
+        self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keeper")
+        self._preparations: list[Future] = []
         self.keeper_image = keeper_image
         self.client = docker_client()
         try:
@@ -160,6 +181,11 @@ class DockerRuntime:
 
     def cleanup_run(self, run_id: str) -> int:
         removed = 0
+        preparing, self._preparations = self._preparations, []
+        wait(preparing, timeout=120)
+        with self._spare_lock:
+            for key in [key for key in self._spares if key[0] == run_id]:
+                del self._spares[key]  # removed below, by their label
         pending, self._removals = self._removals, []
         wait(pending, timeout=120)
         try:
@@ -172,6 +198,90 @@ class DockerRuntime:
         except (DockerException, requests.RequestException) as exc:
             raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
         return removed
+
+    def _locked_down(self, labels: dict[str, str]) -> dict:
+        """What every container of a piece gets, the keeper too."""
+        return dict(
+            network_mode="none",
+            read_only=True,
+            user=SUBMISSION_UID,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            labels=labels,
+            runtime=self.oci_runtime,
+        )
+
+    def _new_output_folder(self, run_id: str, output_size: str) -> tuple:
+        """A fresh, empty, size-capped tmpfs volume, and the keeper container that holds it mounted."""
+        labels = {LABEL_APP: "1", LABEL_RUN: run_id}
+        name = _name(run_id, "output")
+        volume = self.client.volumes.create(
+            name=f"{name}-out",
+            driver="local",
+            driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"size={output_size},uid=65534,gid=65534"},
+            labels=labels,
+        )
+        try:
+            keeper = self.client.containers.run(
+                self.keeper_image,
+                ["sleep", "infinity"],
+                name=f"{name}-keeper",
+                detach=True,
+                mem_limit="64m",
+                pids_limit=8 if self.oci_runtime is None else 128,  # gVisor's own threads count too
+                volumes={volume.name: {"bind": "/out", "mode": "ro"}},
+                **self._locked_down(labels),
+            )
+        except BaseException:
+            self._removals.append(self._reaper.submit(_remove, [], volume))
+            raise
+        return volume, keeper
+
+    def _output_folder(self, run_id: str, output_size: str) -> tuple:
+        """A spare output folder started while the last piece ran, or a new one; then one more spare is started.
+
+        Each folder serves exactly one piece, so sharing nothing; starting the keeper (~0.15 s) is simply moved
+        off the pieces' path. Spares are kept only where `keep_spares` is on (a run, which removes them at its
+        end through `cleanup_run`).
+        """
+        key = (run_id, output_size)
+        with self._spare_lock:
+            ready = self._spares.get(key)
+            folder = ready.pop() if ready else None
+            prepare = self.keep_spares and len(self._spares.get(key, [])) + self._preparing < self.keep_spares
+            if prepare:
+                self._preparing += 1
+        if prepare:
+            self._preparations.append(self._preparer.submit(self._prepare_spare, key))
+        if folder is not None and not _still_running(folder[1]):  # a daemon restart stopped it: not usable
+            self._removals.append(self._reaper.submit(_remove, [folder[1]], folder[0]))
+            folder = None
+        return folder if folder is not None else self._new_output_folder(run_id, output_size)
+
+    def _prepare_spare(self, key: tuple[str, str]) -> None:
+        try:
+            folder = self._new_output_folder(*key)
+        except (DockerException, requests.RequestException):
+            return  # the piece that needs one makes its own, and reports the fault
+        finally:
+            with self._spare_lock:
+                self._preparing -= 1
+        with self._spare_lock:
+            if self.keep_spares:
+                self._spares.setdefault(key, []).append(folder)
+                return
+        self._removals.append(self._reaper.submit(_remove, [folder[1]], folder[0]))  # closed meanwhile
+
+    def close(self) -> None:
+        """No more spares; removes those started and waits for every removal (a run calls it when it ends)."""
+        with self._spare_lock:
+            self.keep_spares = 0
+            spares = [folder for folders in self._spares.values() for folder in folders]
+            self._spares.clear()
+        wait(self._preparations, timeout=120)
+        for volume, keeper in spares:
+            self._removals.append(self._reaper.submit(_remove, [keeper], volume))
+        wait(self._removals, timeout=120)
 
     def _tmpfs_mounts(self, image: str, size: str, bound: set[str]) -> dict[str, str]:
         """`/tmp`, and a capped tmpfs over every VOLUME the image declares: Docker would otherwise give each one
@@ -230,33 +340,10 @@ class DockerRuntime:
         labels = {LABEL_APP: "1", LABEL_RUN: job.run_id, LABEL_PIECE: job.piece_id}
         name = _name(job.run_id, job.piece_id)
         limits = job.limits
-        locked_down = dict(
-            network_mode="none",
-            read_only=True,
-            user=SUBMISSION_UID,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            labels=labels,
-            runtime=self.oci_runtime,
-        )
-        volume = self.client.volumes.create(
-            name=f"{name}-out",
-            driver="local",
-            driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"size={limits.output_size},uid=65534,gid=65534"},
-            labels=labels,
-        )
-        keeper = container = None
+        locked_down = self._locked_down(labels)
+        volume, keeper = self._output_folder(job.run_id, limits.output_size)
+        container = None
         try:
-            keeper = self.client.containers.run(
-                self.keeper_image,
-                ["sleep", "infinity"],
-                name=f"{name}-keeper",
-                detach=True,
-                mem_limit="64m",
-                pids_limit=8,
-                volumes={volume.name: {"bind": "/out", "mode": "ro"}},
-                **locked_down,
-            )
             args = [arg.format(input="/input_images", output=job.output_mount) for arg in job.args]
             container = self.client.containers.create(
                 job.image,

@@ -38,6 +38,9 @@ class ProcessRuntime:
     def wait_until_available(self, timeout_s: float) -> bool:
         return True
 
+    def close(self) -> None:
+        pass
+
     def run(self, job: ContainerJob) -> JobOutcome:
         with tempfile.TemporaryDirectory(prefix="sbx-out-") as out_root:
             output_dir = Path(out_root) / job.output_mount.strip("/")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from sandbox.errors import SandboxError
 
 
-def make_runtime(name: str, isolation: str = "runc", measure_memory: bool = False):
+def make_runtime(name: str, isolation: str = "runc", measure_memory: bool = False, keep_spares: int = 0):
     if name == "docker":
         from sandbox.runtime.docker import DockerRuntime
 
         oci_runtime = "runsc" if isolation == "gvisor" else None
-        return DockerRuntime(oci_runtime=oci_runtime, measure_memory=measure_memory)
+        return DockerRuntime(oci_runtime=oci_runtime, measure_memory=measure_memory, keep_spares=keep_spares)
     if name == "process":
         from sandbox.runtime.process import ProcessRuntime
 
