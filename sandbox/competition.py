@@ -286,6 +286,7 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
                     events.warning(warning)
         manifest = _manifest(options, run_id, dataset, sets, runtime)
         write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        shutil.rmtree(out / "clean", ignore_errors=True)  # inputs cached by an interrupted run: written afresh
         removed = runtime.cleanup_run(run_id)
         if removed:
             events.message(f"removed {removed} containers/volumes left by an interrupted run")
@@ -294,6 +295,7 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
         resumed_pieces = _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events)
         resumed_pieces += _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events)
         shutil.rmtree(out / "work", ignore_errors=True)
+        shutil.rmtree(out / "clean", ignore_errors=True)
         runtime.cleanup_run(run_id)  # containers a host fault left behind, if any
         manifest["run_wall_s"] = round(time.monotonic() - started, 3)
         write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())

@@ -24,7 +24,7 @@ from sandbox.dataset import DataSet
 from sandbox.outputs_read import clip_to_epsilon, decode_image, encode_png, parse_result_csv, pixel_hash
 from sandbox.plan import AttackPiece, DefensePiece
 from sandbox.runtime.base import ContainerJob, JobOutcome, Limits, Runtime
-from sandbox.store import AdversarialRecord, PieceRecord
+from sandbox.store import AdversarialRecord, PieceRecord, write_atomically
 from sandbox.submission import Submission
 
 
@@ -96,6 +96,16 @@ def _work_dir(ctx: RunContext, piece_id: str) -> Path:
     (path / "input").mkdir(parents=True)
     path.chmod(0o755)
     (path / "input").chmod(0o755)
+    return path
+
+
+def _clean_file(ctx: RunContext, image_id: str, png: bytes) -> Path:
+    """The clean image's PNG in the run folder, written once per run and hard-linked into each attack's input
+    folder: creating a file costs ten times a link here. Named by the run's secret, never by the ImageId."""
+    path = ctx.run_dir / "clean" / opaque_name(ctx.secret, "clean", image_id)
+    if not path.exists():
+        write_atomically(path, png, durable=False)  # a cache: `run_competition` starts it afresh every time
+        path.chmod(0o444)  # readable by the container's user whatever the host's umask
     return path
 
 
@@ -212,17 +222,16 @@ def execute_attack(
     work = _work_dir(ctx, piece.piece_id)
     records = dataset.by_id()
     try:
-        names: dict[str, str] = {}
+        names = {image_id: opaque_name(ctx.secret, piece.piece_id, image_id) for image_id in piece.image_ids}
+        # In the order of the opaque names, not the data set's: creation order shows in inode numbers and times.
+        in_name_order = sorted(piece.image_ids, key=names.__getitem__)
         clean: dict[str, np.ndarray] = {}
-        for image_id in piece.image_ids:
-            name = opaque_name(ctx.secret, piece.piece_id, image_id)
-            names[image_id] = name
+        for image_id in in_name_order:
             # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
             clean[image_id], png = CLEAN_IMAGES.get(dataset, image_id)
-            (work / "input" / name).write_bytes(png)
-            (work / "input" / name).chmod(0o444)  # readable by the container's user whatever the host's umask
+            _link_or_copy(_clean_file(ctx, image_id, png), work / "input" / names[image_id])
         if piece.targeted:
-            lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in piece.image_ids)
+            lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in in_name_order)
             (work / "input" / "target_class.csv").write_text(lines)
             (work / "input" / "target_class.csv").chmod(0o444)
         time_limit = ctx.limits.time_limit(len(piece.image_ids))
