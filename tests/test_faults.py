@@ -4,13 +4,18 @@ a score; each ends in a retry or in one line and a resumable run folder."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from subprocess import DEVNULL
 
 import docker
 import pytest
@@ -245,3 +250,65 @@ def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_any
     assert _run_containers(run) == []
     time.sleep(8)  # pieces that were in flight when the run stopped start nothing that outlives it
     assert _run_containers(run) == []
+
+
+def test_kills_at_seeded_random_points_then_a_resume_give_identical_scores(tmp_path):
+    """SIGKILL of the whole orchestrator at three points drawn with a fixed seed, each followed by a resume."""
+    from tests.conftest import make_small_dataset
+    from tests.submissions import NOISE_255_ATTACK, TORCH
+
+    dataset = make_small_dataset(tmp_path / "data", 40)
+    attacks, targeted, defenses = folders(tmp_path)
+    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    write_submission(attacks, "noise255", "attack", NOISE_255_ATTACK, image=TORCH, entry="attack.py")
+    write_submission(targeted, "noop_targeted", "targeted_attack", NOOP_ATTACK)
+    write_submission(defenses, "always3", "defense", FIXED_LABEL_DEFENSE)
+    write_submission(defenses, "slow3", "defense", "#!/bin/sh\nsleep 1\n" + FIXED_LABEL_DEFENSE.split("\n", 1)[1])
+
+    def args(out: Path) -> list[str]:
+        return [
+            *("run", "--dataset", str(dataset), "--out", str(out), "--jobs", "2"),
+            *("--attacks", str(attacks), "--targeted-attacks", str(targeted), "--defenses", str(defenses)),
+            *("--batch-size", "10", "--attack-piece-size", "10", "--epsilon", "8,16", "--no-build"),
+        ]
+
+    started = time.monotonic()
+    straight = subprocess.run([sys.executable, "-m", "sandbox.cli", *args(tmp_path / "straight")], capture_output=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    straight_s = time.monotonic() - started
+
+    out = tmp_path / "killed"
+    kill_points = [random.Random(2026 + i).uniform(1.0, 0.8 * straight_s) for i in range(3)]
+    killed = 0
+    for delay in kill_points:
+        process = subprocess.Popen([sys.executable, "-m", "sandbox.cli", *args(out)], stdout=DEVNULL, stderr=DEVNULL)
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            killed += 1
+    assert killed >= 2, f"the run finished before the kills ({kill_points} s into a {straight_s:.1f} s run)"
+    resumed = subprocess.run([sys.executable, "-m", "sandbox.cli", *args(out)], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    assert classification(out) == classification(tmp_path / "straight")
+    first = json.loads((tmp_path / "straight" / "results.json").read_text())
+    second = json.loads((out / "results.json").read_text())
+    for key in ("scores", "matrices", "normalised_scores", "rankings"):
+        assert first[key] == second[key], key
+    # Every planned piece is recorded once: attack pieces by name, defense pieces as the run folder planned them
+    # (their ids name their images, and noise255's images depend on each run folder's opaque names).
+    with sqlite3.connect(tmp_path / "straight" / "store.sqlite") as db:
+        straight_pieces = sorted(row[0] for row in db.execute("SELECT piece_id FROM pieces"))
+    with sqlite3.connect(out / "store.sqlite") as db:
+        recorded = [row[0] for row in db.execute("SELECT piece_id FROM pieces ORDER BY piece_id")]
+        planned = {row[0] for row in db.execute("SELECT piece_id FROM defense_plan")}
+        labels = db.execute("SELECT COUNT(*), COUNT(DISTINCT defense_id || sha256) FROM labels").fetchone()
+    assert [p for p in recorded if not p.startswith("defense/")] == [
+        p for p in straight_pieces if not p.startswith("defense/")
+    ]
+    assert {p for p in recorded if p.startswith("defense/")} == planned
+    assert len(planned) == len([p for p in straight_pieces if p.startswith("defense/")])
+    assert labels[0] == labels[1]
+    assert _run_containers(out) == []
