@@ -18,7 +18,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -28,7 +27,7 @@ import docker
 import numpy as np
 from PIL import Image
 
-from sandbox import Limits, RunOptions, load_dataset, run_competition
+from sandbox import RunOptions, load_dataset, run_competition
 from sandbox.bundled import default_dataset_dir, sample_dirs
 from sandbox.dataset import subset_dataset
 from sandbox.submission import load_submissions
@@ -109,8 +108,8 @@ def loop_2017(dataset_dir: Path, work: Path) -> tuple[float, dict[str, dict[str,
 
 def sandbox_run(dataset_dir: Path, out: Path, jobs: int) -> tuple[float, dict[str, dict[str, int]], dict]:
     started = time.monotonic()
-    cpus = float(max(1, (os.cpu_count() or 1) // jobs))  # what `sandbox run --jobs N` gives each container
-    options = RunOptions(dataset=dataset_dir, out=out, jobs=jobs, epsilon=(EPSILON,), limits=Limits(cpus=cpus))
+    # The library's defaults, as `sandbox run --jobs N` gets them (CPUs: the cores shared among the workers).
+    options = RunOptions(dataset=dataset_dir, out=out, jobs=jobs, epsilon=(EPSILON,))
     result = run_competition(options)
     wall = time.monotonic() - started
     rows = list(csv.reader((out / "accuracy_on_attacks.csv").open()))
