@@ -128,7 +128,71 @@ def print_leaderboards(results: dict) -> None:
     )
 
 
-@click.group()
+class SandboxCommands(click.Group):
+    """Every command's user-facing error (SandboxError) becomes one line on stderr and exit 1, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SandboxError as exc:
+            console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+def limit_options(command):
+    """The per-piece limits and the runtime, declared once: `validate` checks exactly as `run` runs."""
+    options = [
+        click.option(
+            "--time-limit",
+            default=500.0,
+            show_default=True,
+            type=click.FloatRange(min=0.1),
+            help="Seconds per 100 images of a piece; the container is killed at the limit.",
+        ),
+        click.option(
+            "--min-time-limit",
+            default=60.0,
+            show_default=True,
+            type=click.FloatRange(min=0.0),
+            help="Seconds every piece gets at least, however few its images (start-up time does not scale).",
+        ),
+        click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory per container."),
+        click.option(
+            "--cpus",
+            default=None,
+            type=click.FloatRange(min=0.01),
+            help="CPUs per container. Default: the machine's cores divided by the pieces run at once.",
+        ),
+        click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes per container."),
+        click.option(
+            "--output-size",
+            default="512m",
+            show_default=True,
+            callback=_size,
+            help="Size cap of a piece's output folder.",
+        ),
+        click.option(
+            "--runtime",
+            "runtime_name",
+            type=click.Choice(["docker", "process"]),
+            default="docker",
+            show_default=True,
+            help="process runs submissions as local processes: no isolation.",
+        ),
+        click.option(
+            "--isolation",
+            type=click.Choice(["runc", "gvisor"]),
+            default="runc",
+            show_default=True,
+            help="gvisor runs containers under runsc (scripts/install-docker.sh --gvisor).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group(cls=SandboxCommands)
 @click.version_option(package_name="adversarial-sandbox")
 def main() -> None:
     """Score adversarial attacks against defenses, each submission in its own locked-down container."""
@@ -194,46 +258,7 @@ def main() -> None:
     help="Pieces run at once. Default: one per core, as many as memory holds at --memory each.",
 )
 @click.option("--gpus", default=None, help="GPUs for the containers: 'all' or ids like 0,1 (one piece per GPU).")
-@click.option(
-    "--runtime",
-    "runtime_name",
-    type=click.Choice(["docker", "process"]),
-    default="docker",
-    show_default=True,
-    help="process runs submissions as local processes: no isolation.",
-)
-@click.option(
-    "--isolation",
-    type=click.Choice(["runc", "gvisor"]),
-    default="runc",
-    show_default=True,
-    help="gvisor runs containers under runsc, where installed.",
-)
-@click.option(
-    "--time-limit",
-    default=500.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="Seconds per 100 images of a piece; the container is killed at the limit.",
-)
-@click.option(
-    "--min-time-limit",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
-    help="Seconds every piece gets at least, however few its images (start-up time does not scale).",
-)
-@click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory per container.")
-@click.option(
-    "--cpus",
-    default=None,
-    type=click.FloatRange(min=0.01),
-    help="CPUs per container. Default: the machine's cores divided by --jobs.",
-)
-@click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes per container.")
-@click.option(
-    "--output-size", default="512m", show_default=True, callback=_size, help="Size cap of a piece's output folder."
-)
+@limit_options
 @click.option(
     "--docker-wait",
     default=300.0,
@@ -304,10 +329,9 @@ def run(
     events = RichEvents()
     try:
         result = run_competition(options, events)
-    except SandboxError as exc:
-        events.close()
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    except SandboxError:
+        events.close()  # the progress display ends before the error line
+        raise
     except KeyboardInterrupt:
         events.close()
         console.print(f"[red]interrupted[/red]: resume with --out {options.out}", highlight=False)
@@ -332,32 +356,7 @@ def run(
 )
 @click.option("--images", default=20, show_default=True, type=click.IntRange(1), help="Images in the trial run.")
 @click.option("--epsilon", default=16, show_default=True, type=click.IntRange(0, 255), help="Epsilon of the trial.")
-@click.option(
-    "--time-limit",
-    default=500.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="Seconds per 100 images, as in the run.",
-)
-@click.option(
-    "--min-time-limit",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
-    help="Seconds a piece gets at least, as in the run.",
-)
-@click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory limit, as in the run.")
-@click.option(
-    "--cpus",
-    default=None,
-    type=click.FloatRange(min=0.01),
-    help="CPUs, as in the run. Default: the machine's cores (a run with --jobs N gives cores / N).",
-)
-@click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes, as in the run.")
-@click.option("--output-size", default="512m", show_default=True, callback=_size, help="Output cap, as in the run.")
-@click.option(
-    "--runtime", "runtime_name", type=click.Choice(["docker", "process"]), default="docker", show_default=True
-)
+@limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Warnings count as errors.")
 def validate(
@@ -372,6 +371,7 @@ def validate(
     pids,
     output_size,
     runtime_name,
+    isolation,
     as_json,
     strict,
 ) -> None:
@@ -381,11 +381,7 @@ def validate(
     from sandbox.validate import validate_submission
 
     limits = _limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
-    try:
-        report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name)
-    except SandboxError as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name, isolation=isolation)
     if as_json:
         out_console.print_json(json.dumps(report.to_dict(strict)))
     else:
@@ -431,11 +427,7 @@ def package(folder, out, allow_large, build_image, save) -> None:
     """Write a deterministic submission archive (and optionally an image)."""
     from sandbox.package import package_submission
 
-    try:
-        result = package_submission(folder, out, allow_large, build_image, save)
-    except SandboxError as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    result = package_submission(folder, out, allow_large, build_image, save)
     for relative, why in result.left_out:
         console.print(f"left out {_safe(relative)}: {_safe(why)}", highlight=False)
     out_console.print(f"wrote {result.archive} ({len(result.files)} files)", highlight=False)
@@ -454,11 +446,7 @@ def new(kind, name, framework, parent) -> None:
     """Write a ready submission folder that passes `sandbox validate` as it is."""
     from sandbox.scaffold import new_submission
 
-    try:
-        folder = new_submission(kind, name, parent, framework)
-    except SandboxError as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    folder = new_submission(kind, name, parent, framework)
     out_console.print(f"wrote {folder}; next: sandbox validate {folder}", highlight=False)
 
 
@@ -466,11 +454,7 @@ def new(kind, name, framework, parent) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Re-score a run folder from its stored results and rewrite its outputs."""
-    try:
-        results = rebuild_report(run_dir)
-    except SandboxError as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    results = rebuild_report(run_dir)
     print_leaderboards(results)
 
 
@@ -502,11 +486,7 @@ def dataset_check(folder: Path) -> None:
     """Check a data set folder (SPEC 3)."""
     from sandbox.dataset import load_dataset
 
-    try:
-        ds = load_dataset(folder)
-    except SandboxError as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    ds = load_dataset(folder)
     out_console.print(
         f"{ds.root}: {len(ds.records)} images, {ds.size[0]}x{ds.size[1]} {ds.mode}, "
         f"{ds.num_classes} classes ({ds.name})"
@@ -547,13 +527,9 @@ def images_build(targets, base_image, index_url, extra_index_urls, find_links, w
     from sandbox.images import TARGETS, WheelSource, build_images
 
     source = WheelSource(index_url, tuple(extra_index_urls), tuple(find_links), wheel_dir)
-    try:
-        built = build_images(
-            tuple(targets) or TARGETS, base_image, source, force, log=lambda line: console.print(line, highlight=False)
-        )
-    except SandboxError as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    built = build_images(
+        tuple(targets) or TARGETS, base_image, source, force, log=lambda line: console.print(line, highlight=False)
+    )
     for image in built:
         state = "up to date" if image.skipped else f"built in {image.seconds:.1f} s"
         out_console.print(f"{image.tag}: {state}")

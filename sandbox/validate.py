@@ -349,6 +349,7 @@ def validate_submission(
     runtime_name: str = "docker",
     build_images: bool = True,
     seed: int = 0,
+    isolation: str = "runc",
 ) -> ValidationReport:
     """Checks a submission folder or archive; never raises for a problem of the submission itself."""
     path = Path(path)
@@ -359,7 +360,7 @@ def validate_submission(
         submission = _check_static(path, report, work / "unpacked")
         if submission is None:
             return report
-        runtime = make_runtime(runtime_name, measure_memory=True)
+        runtime = make_runtime(runtime_name, isolation, measure_memory=True)
         image = submission.image(False)
         problems = runtime.check([image])
         if image in problems and image.startswith("adversarial-sandbox/") and build_images:

@@ -6,6 +6,8 @@ skips, and under CI=true it fails.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sandbox import RunOptions, run_competition
@@ -45,3 +47,17 @@ def test_the_shipped_competition_scores_the_same_under_gvisor(tmp_path):
     assert gvisor[1] == runc[1]
     assert gvisor[0]["settings"]["isolation"] == "docker/runsc"
     assert {f["isolation"] for f in gvisor[0]["failures"].values()} == {"docker/runsc"}
+
+
+@pytest.mark.usefixtures("gvisor")
+def test_validate_checks_under_gvisor_when_asked(tmp_path):
+    from click.testing import CliRunner
+
+    from sandbox.bundled import sample_dirs
+    from sandbox.cli import main
+
+    sample = sample_dirs("attack")[0] / "fgsm"
+    result = CliRunner().invoke(main, ["validate", str(sample), "--isolation", "gvisor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and report["trial"]["isolation"] == "docker/runsc"
