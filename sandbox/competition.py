@@ -25,6 +25,7 @@ from sandbox.bundled import default_dataset_dir, sample_dirs
 from sandbox.dataset import DataSet, load_dataset
 from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError
 from sandbox.executor import run_tasks
+from sandbox.image_names import is_sandbox_image
 from sandbox.pieces import RunContext, run_attack_piece, run_defense_piece
 from sandbox.plan import DefensePiece, piece_seed, plan_attack_pieces, plan_defense_pieces
 from sandbox.reporting import build_results, write_nips_files, write_report_html, write_results
@@ -119,7 +120,7 @@ def _check_images(runtime: Runtime, sets: dict[str, SubmissionSet], options: Run
     use_gpu = bool(options.gpus)
     images = [s.image(use_gpu) for subs in sets.values() for s in subs.submissions]
     problems = runtime.check(images)
-    ours = [image for image in problems if image.startswith("adversarial-sandbox/")]
+    ours = [image for image in problems if is_sandbox_image(image)]
     if ours and options.build_images:
         from sandbox.images import TARGETS, build_images, image_tag
 

@@ -24,12 +24,12 @@ from docker.errors import APIError, ImageNotFound
 
 from sandbox.bundled import dockerfile_dir
 from sandbox.errors import ImageBuildError
+from sandbox.image_names import IMAGE_VERSION, image_tag
 from sandbox.runtime.docker import docker_client
 
 TARGETS = ("base", "torch-cpu", "tensorflow-cpu")  # in Dockerfile order: the classic builder runs earlier stages
-IMAGE_VERSION = "0.1"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
-BOOTSTRAP_IMAGE = f"adversarial-sandbox/bootstrap-bookworm:{IMAGE_VERSION}"
+BOOTSTRAP_IMAGE = image_tag("bootstrap-bookworm")
 HASH_LABEL = "org.adversarial-sandbox.content-hash"
 WHEEL_PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -39,10 +39,6 @@ WHEEL_PLATFORMS = (
     "manylinux1_x86_64",
 )
 Log = Callable[[str], None]
-
-
-def image_tag(target: str) -> str:
-    return f"adversarial-sandbox/{target}:{IMAGE_VERSION}"
 
 
 def cache_root() -> Path:

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+from sandbox.image_names import image_tag
 
-IMAGES = {"torch": "adversarial-sandbox/torch-cpu:0.1", "tensorflow": "adversarial-sandbox/tensorflow-cpu:0.1"}
+IMAGES = {"torch": image_tag("torch-cpu"), "tensorflow": image_tag("tensorflow-cpu")}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 ENTRY = """#!/bin/sh

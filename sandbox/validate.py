@@ -21,6 +21,7 @@ from PIL import Image
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import DataSet, load_dataset
 from sandbox.errors import SubmissionError
+from sandbox.image_names import is_sandbox_image
 from sandbox.outputs_read import decode_image, encode_png, parse_result_csv
 from sandbox.pieces import RunContext, execute_attack, execute_defense
 from sandbox.plan import AttackPiece, piece_seed
@@ -363,7 +364,7 @@ def validate_submission(
         runtime = make_runtime(runtime_name, isolation, measure_memory=True)
         image = submission.image(False)
         problems = runtime.check([image])
-        if image in problems and image.startswith("adversarial-sandbox/") and build_images:
+        if image in problems and is_sandbox_image(image) and build_images:
             from sandbox.images import TARGETS, image_tag
             from sandbox.images import build_images as build
 

@@ -13,6 +13,7 @@ import pytest
 
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import subset_dataset
+from sandbox.image_names import image_tag
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -26,11 +27,7 @@ def _docker_problem() -> str | None:
     except Exception as exc:  # any failure to reach the daemon means the same thing here
         return f"Docker is not reachable: {exc}"
     # The shipped samples use all three; a missing one is built by `sandbox run`, but slowly, so ask for it here.
-    for tag in (
-        "adversarial-sandbox/base:0.1",
-        "adversarial-sandbox/torch-cpu:0.1",
-        "adversarial-sandbox/tensorflow-cpu:0.1",
-    ):
+    for tag in (image_tag("base"), image_tag("torch-cpu"), image_tag("tensorflow-cpu")):
         try:
             client.images.get(tag)
         except Exception:
@@ -53,9 +50,9 @@ def tensorflow_image(docker_ready) -> None:
     import docker
 
     try:
-        docker.from_env().images.get("adversarial-sandbox/tensorflow-cpu:0.1")
+        docker.from_env().images.get(image_tag("tensorflow-cpu"))
     except Exception:
-        message = "image adversarial-sandbox/tensorflow-cpu:0.1 missing: run `sandbox images build`"
+        message = f"image {image_tag('tensorflow-cpu')} missing: run `sandbox images build`"
         if IN_CI:
             pytest.fail(f"CI=true and {message}")
         pytest.skip(message)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BASE = "adversarial-sandbox/base:0.1"  # python3 and a shell, nothing else
-TORCH = "adversarial-sandbox/torch-cpu:0.1"  # numpy and pillow too
+from sandbox.image_names import image_tag
+
+BASE = image_tag("base")  # python3 and a shell, nothing else
+TORCH = image_tag("torch-cpu")  # numpy and pillow too
 
 
 def write_submission(

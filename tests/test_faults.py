@@ -25,7 +25,7 @@ from sandbox.competition import Events
 from sandbox.errors import HostFault, SandboxError
 from sandbox.runtime.base import LABEL_RUN
 from tests.conftest import IN_CI
-from tests.submissions import FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
+from tests.submissions import BASE, FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
 from tests.test_competition import folders, options, read_csv
 
 pytestmark = pytest.mark.usefixtures("docker_ready")
@@ -227,7 +227,7 @@ def test_a_docker_restart_mid_run_is_waited_for_and_gives_the_same_scores(tmp_pa
 def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_anyone(tmp_path, small_dataset):
     # Asking for a GPU on a machine whose Docker has none is refused by the daemon: the host's fault.
     probe = docker.from_env().containers.create(
-        "adversarial-sandbox/base:0.1",
+        BASE,
         ["true"],
         device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
     )

@@ -19,6 +19,7 @@ import pytest
 from docker.errors import ImageNotFound
 
 from sandbox.errors import SubmissionError
+from sandbox.image_names import image_tag
 from sandbox.package import package_submission
 from sandbox.submission import load_submission
 from sandbox.submission_image import image_name, load_image_submission
@@ -54,7 +55,7 @@ def _refusal(tar: Path, dest: Path) -> str:
     return message
 
 
-@pytest.mark.parametrize("tag", [BASE, "adversarial-sandbox/torch-cpu:0.1", "python:3.11-slim", "ubuntu"])
+@pytest.mark.parametrize("tag", [BASE, image_tag("torch-cpu"), "python:3.11-slim", "ubuntu"])
 def test_a_tar_naming_an_image_outside_the_namespace_is_refused_in_one_line(tmp_path, tag):
     manifest = [_manifest("adversarial-sandbox-submission/mine:1", tag)]
     tar = _write_tar(

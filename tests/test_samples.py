@@ -17,6 +17,7 @@ import pytest
 
 from sandbox import Limits, RunOptions, run_competition
 from sandbox.bundled import default_dataset_dir
+from sandbox.image_names import image_tag
 from tests.conftest import IN_CI, make_small_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ ATTACKS = REPO / "sample_attacks"
 TARGETED = REPO / "sample_targeted_attacks"
 DEFENSES = REPO / "sample_defenses"
 TRAINING_LOG = REPO / "training" / "training_log.json"
-TF_IMAGE = "adversarial-sandbox/tensorflow-cpu:0.1"
+TF_IMAGE = image_tag("tensorflow-cpu")
 # White-box samples whose model is base_torch's, and the black-box ones with a holdout's (checked identical).
 BASE_TORCH_COPIES = ("fgsm", "step_ll", "rand_fgsm", "iter_fgsm")
 
@@ -76,7 +77,7 @@ def load_sample_module(folder: Path, file: str = "attack.py") -> ModuleType:
 def test_sample_folder_is_a_complete_submission(folder: Path):
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["name"] == folder.name and metadata["authors"] == "adversarial-sandbox samples"
-    assert metadata["container"] in ("adversarial-sandbox/torch-cpu:0.1", TF_IMAGE) and metadata["description"]
+    assert metadata["container"] in (image_tag("torch-cpu"), TF_IMAGE) and metadata["description"]
     if metadata["type"] != "defense":
         assert metadata["source_model"], "attacks name the model they compute gradients on"
     entry = folder / metadata["entry_point"]

@@ -20,6 +20,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
 from sandbox.errors import HostFault, RuntimeUnavailable
+from sandbox.image_names import image_tag, is_sandbox_image
 from sandbox.outputs_read import collect_tar_stream
 from sandbox.runtime.base import (
     LABEL_APP,
@@ -31,7 +32,7 @@ from sandbox.runtime.base import (
     tail_text,
 )
 
-KEEPER_IMAGE = "adversarial-sandbox/base:0.1"
+KEEPER_IMAGE = image_tag("base")
 DOCKER_HELP = (
     "start it (on Debian without Docker: `sudo scripts/install-docker.sh`), check `docker info`, "
     "or use --runtime process for trusted code"
@@ -173,7 +174,7 @@ class DockerRuntime:
                 self.client.images.get(image)
             except ImageNotFound:
                 problems[image] = f"image {image} not found; build the sandbox's images with `sandbox images build`"
-                if not image.startswith("adversarial-sandbox/"):
+                if not is_sandbox_image(image):
                     problems[image] = f"image {image} not found; `docker pull {image}` or `docker load` it first"
             except (DockerException, requests.RequestException) as exc:
                 raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
