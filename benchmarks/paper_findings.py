@@ -38,13 +38,13 @@ DEFENSES = REPO / "sample_defenses"
 DEFENSE_IDS = ("base_torch", "adv_torch", "ens_adv_torch")
 # Column name -> the sample whose code computes it; every one of them reads model.py/model.pt, so any torch
 # model's files can be swapped in.
-WHITE_BOX = {"Step-LL": "step_ll", "R+Step-LL": "rand_fgsm", "FGSM": "fgsm", "I-FGSM": "iter_fgsm"}
+WHITE_BOX = {"Step-LL": "step_ll", "R+Step-LL": "rand_step_ll", "FGSM": "fgsm", "I-FGSM": "iter_fgsm"}
 # Holdout models: name -> the folder that holds their model.py and weights (holdout_b ships in its attacks).
 TORCH_HOLDOUTS = {"holdout_b": ATTACKS / "step_ll_holdout"}
 # Samples computed on a holdout as they ship (their own framework and weights).
 SHIPPED_BLACK_BOX = {"FGSM": ("fgsm_keras", "base_keras")}
 EPSILONS = (16, 32)
-# The paper's numbers that the issue quotes, for the text (top-1 error %, ImageNet, Inception v3 models).
+# The paper's numbers quoted in docs/paper_findings.md, for the text (top-1 error %, ImageNet, Inception v3 models).
 PAPER = {
     "adv Step-LL -> R+Step-LL (white-box)": "26.6% -> 64.8%",
     "max black-box: base / adv / ens_adv": "51.2% / 40.8% / 34.0%",

@@ -53,7 +53,7 @@ def test_paper_findings_writes_the_table_on_a_small_slice(tmp_path, capsys):
         assert table["base_torch"]["FGSM"] > table["base_torch"]["Clean"]
         assert set(findings["black_box_error_percent"][eps]) == {
             "step_ll__from__holdout_b",
-            "rand_fgsm__from__holdout_b",
+            "rand_step_ll__from__holdout_b",
             "fgsm__from__holdout_b",
             "iter_fgsm__from__holdout_b",
             "fgsm_keras__from__base_keras",
@@ -65,4 +65,4 @@ def test_paper_findings_writes_the_table_on_a_small_slice(tmp_path, capsys):
     attack_ids = set(run["scores"]["attack"])
     assert {"fgsm__vs__adv_torch", "step_ll__vs__ens_adv_torch", "iter_fgsm__vs__base_torch"} <= attack_ids
     sources = {s["id"]: s["source_model"] for s in run["submissions"]["attack"]}
-    assert sources["rand_fgsm__vs__adv_torch"] == "adv_torch" and sources["fgsm__from__holdout_b"] == "holdout_b"
+    assert sources["rand_step_ll__vs__adv_torch"] == "adv_torch" and sources["fgsm__from__holdout_b"] == "holdout_b"

@@ -27,7 +27,7 @@ DEFENSES = REPO / "sample_defenses"
 TRAINING_LOG = REPO / "training" / "training_log.json"
 TF_IMAGE = image_tag("tensorflow-cpu")
 # White-box samples whose model is base_torch's, and the black-box ones with a holdout's (checked identical).
-BASE_TORCH_COPIES = ("fgsm", "step_ll", "rand_fgsm", "iter_fgsm")
+BASE_TORCH_COPIES = ("fgsm", "step_ll", "rand_step_ll", "iter_fgsm")
 
 
 def _samples(parent: Path) -> list[Path]:
@@ -66,7 +66,8 @@ def load_sample_module(folder: Path, file: str = "attack.py") -> ModuleType:
     finally:
         sys.dont_write_bytecode = writes_bytecode
         sys.path.remove(str(folder))
-        sys.modules.pop("model", None)  # each sample has its own model.py
+        for name in ("model", "sample_io"):  # each sample has its own model.py and copy of sample_io.py
+            sys.modules.pop(name, None)
     return module
 
 
@@ -150,7 +151,7 @@ def test_step_ll_raises_the_probability_of_the_least_likely_class(tiny):
 
 def test_rand_step_ll_stays_in_the_ball_and_is_seeded(tiny):
     torch, model, x = tiny
-    rand_step_ll = load_sample_module(ATTACKS / "rand_fgsm").rand_step_ll
+    rand_step_ll = load_sample_module(ATTACKS / "rand_step_ll").rand_step_ll
 
     a, b, c = rand_step_ll(model, x, 16, 1), rand_step_ll(model, x, 16, 1), rand_step_ll(model, x, 16, 2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
@@ -228,7 +229,7 @@ def test_every_sample_runs_in_its_container_and_meets_the_contract(tmp_path):
         assert summary == dict.fromkeys(summary, 0), (sub_id, summary, failures["log_tail"][-2000:])
         assert failures["skipped_output_files"] == 0, sub_id
     correct = results["matrices"]["correct_on_attacks"]
-    for attack in ("fgsm", "step_ll", "rand_fgsm", "iter_fgsm"):
+    for attack in ("fgsm", "step_ll", "rand_step_ll", "iter_fgsm"):
         assert correct[attack]["base_torch"] < correct["noop"]["base_torch"], attack
     assert correct["fgsm_keras"]["base_keras"] < correct["noop"]["base_keras"]
     hits = results["matrices"]["hit_target_class"]

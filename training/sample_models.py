@@ -1,21 +1,39 @@
-"""Every model the samples ship, how it is trained, and which folders get its model.py and weights.
+"""Every model the samples ship, how it is trained, which folders get its model.py and weights, and the code that
+several samples share.
 
 A model lives in one or more folders that each hold its `model.py` (with `load_model(path)`) and weights file:
-the defense that is the model, and every attack that computes gradients on it (submissions are self-contained).
+the defense that is the model, and every attack that computes gradients on it (submissions are self-contained: a
+folder is all its container sees). Shared code is written once, too (`SHARED_CODE`), and copied into each folder
+that runs it. `sync_samples` writes every copy from its source; needs neither torch nor TensorFlow.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from torch_training import TrainSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = REPO_ROOT / "sample_attacks"
 TARGETED = REPO_ROOT / "sample_targeted_attacks"
 DEFENSES = REPO_ROOT / "sample_defenses"
 MODEL_A = DEFENSES / "base_torch" / "model.py"
+# The command line, threads and seed, PNG reading and batch loop of every torch sample (attacks and defenses).
+SAMPLE_IO = REPO_ROOT / "training" / "sample_io.py"
+# The torch defenses differ only in their weights: one defense.py for all three.
+TORCH_DEFENSE = DEFENSES / "base_torch" / "defense.py"
+
+
+@dataclass
+class TrainSettings:
+    """How a model trains: torch_training.train reads these, keras_training.py gets them on its command line."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -59,7 +77,7 @@ RECIPES: dict[str, ModelRecipe] = {
                 DEFENSES / "base_torch",
                 ATTACKS / "fgsm",
                 ATTACKS / "step_ll",
-                ATTACKS / "rand_fgsm",
+                ATTACKS / "rand_step_ll",
                 ATTACKS / "iter_fgsm",
                 TARGETED / "step_target_class",
                 TARGETED / "iter_target_class",
@@ -109,3 +127,35 @@ TUNING_ONLY: dict[str, ModelRecipe] = {
     ),
 }
 ALL_RECIPES = {**RECIPES, **TUNING_ONLY}
+
+# Code written once and copied, under its own file name, into every folder that runs it: sample_io.py into each
+# torch sample (the folders of the torch models), base_torch's defense.py into the other torch defenses, and the
+# white-box attack.py into the black-box sample that runs the same code on the holdout model's files.
+SHARED_CODE: dict[Path, tuple[Path, ...]] = {
+    SAMPLE_IO: tuple(folder for r in RECIPES.values() if r.framework == "torch" for folder in r.folders),
+    TORCH_DEFENSE: (DEFENSES / "adv_torch", DEFENSES / "ens_adv_torch"),
+    ATTACKS / "fgsm" / "attack.py": (ATTACKS / "fgsm_holdout",),
+    ATTACKS / "step_ll" / "attack.py": (ATTACKS / "step_ll_holdout",),
+}
+
+
+def shared_files(recipes: Iterable[ModelRecipe] = RECIPES.values()) -> list[tuple[Path, Path]]:
+    """(source, copy) for every file that a sample folder holds a copy of: each recipe's model.py (from its
+    architecture) in each of its folders and its weights (from its first folder) in the others, then SHARED_CODE."""
+    pairs = []
+    for recipe in recipes:
+        pairs += [(recipe.architecture, folder / "model.py") for folder in recipe.folders]
+        weights = recipe.folders[0] / recipe.weights_name
+        pairs += [(weights, folder / recipe.weights_name) for folder in recipe.folders[1:]]
+    pairs += [(source, folder / source.name) for source, folders in SHARED_CODE.items() for folder in folders]
+    return [(source, copy) for source, copy in pairs if source.resolve() != copy.resolve()]
+
+
+def sync_samples() -> list[Path]:
+    """Writes every source of `shared_files` over its copies where they differ (no training); returns those copies."""
+    rewritten = []
+    for source, copy in shared_files():
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, copy)
+            rewritten.append(copy)
+    return rewritten

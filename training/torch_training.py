@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sample_models import TrainSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_1K = REPO_ROOT / "dataset" / "fashion_mnist_1k"
@@ -129,15 +130,6 @@ class AdversarialTraining:
     epsilon: float = 16.0
     attack: str = "step_ll"
     static_models: Sequence[torch.nn.Module] = field(default_factory=tuple)
-
-
-@dataclass
-class TrainSettings:
-    epochs: int = 12
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    seed: int = 0
-    threads: int = 2
 
 
 def make_deterministic(seed: int, threads: int) -> torch.Generator:

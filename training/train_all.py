@@ -5,9 +5,11 @@ images only (the test split is reported, never used to choose anything). Run fro
 
     python3 training/train_all.py                      # every model, in dependency order (about 25 minutes)
     python3 training/train_all.py --only adv_torch     # one model (its static models must exist)
+    python3 training/train_all.py --sync-only          # no training: re-copy the shared files into the samples
 
-Writes each model's `model.py` and weights into every folder of its recipe (training/sample_models.py), and the
-training record into training/training_log.json. training/tune.py calls `train_model` on a validation split.
+Writes each model's `model.py` and weights into every folder of its recipe (training/sample_models.py), with the
+code the samples share (sample_io.py, the torch defenses' defense.py: `SHARED_CODE`), and the training record into
+training/training_log.json. training/tune.py calls `train_model` on a validation split.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(HERE))  # the training modules import each other by plain
 sys.path.insert(0, str(HERE.parent))  # sandbox.fashion_mnist
 
 import torch  # noqa: E402
-from sample_models import ALL_RECIPES, RECIPES, ModelRecipe  # noqa: E402
+from sample_models import ALL_RECIPES, RECIPES, REPO_ROOT, ModelRecipe, sync_samples  # noqa: E402
 from torch_training import (  # noqa: E402
     AdversarialTraining,
     Splits,
@@ -79,7 +81,8 @@ def _train_keras(recipe: ModelRecipe, weights: Path, validation: int) -> dict:
 
 
 def train_model(recipe: ModelRecipe, splits: Splits, scratch: Path | None = None, validation: int = 0) -> dict:
-    """Trains one model, writes model.py and its weights into its folder (and, outside tuning, every copy)."""
+    """Trains one model, writes model.py and its weights into its folder (and, outside tuning, every copy, with
+    the shared code: `sync_samples`)."""
     folder = model_dir(recipe, scratch)
     folder.mkdir(parents=True, exist_ok=True)
     if recipe.architecture.resolve() != (folder / "model.py").resolve():
@@ -112,9 +115,7 @@ def train_model(recipe: ModelRecipe, splits: Splits, scratch: Path | None = None
         }
     )
     if scratch is None:
-        for copy in recipe.folders[1:]:
-            shutil.copyfile(folder / "model.py", copy / "model.py")
-            shutil.copyfile(weights, copy / recipe.weights_name)
+        sync_samples()
         summary["weights_sha256"] = _sha256(weights)
         if recipe.framework == "torch":
             x_1k, y_1k = load_dataset_1k()
@@ -126,7 +127,14 @@ def train_model(recipe: ModelRecipe, splits: Splits, scratch: Path | None = None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(RECIPES), help="train only this model")
+    parser.add_argument("--sync-only", action="store_true", help="train nothing: re-copy the samples' shared files")
     args = parser.parse_args()
+    if args.sync_only:
+        rewritten = sync_samples()
+        for copy in rewritten:
+            print(f"rewrote {copy.relative_to(REPO_ROOT)}")
+        print(f"{len(rewritten)} copies rewritten; the others already matched their sources")
+        return
     names = args.only or list(RECIPES)
     splits = load_splits()
     record = json.loads(TRAINING_LOG.read_text()) if TRAINING_LOG.exists() else {}

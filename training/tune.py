@@ -45,18 +45,19 @@ TUNING_JSON = HERE / "tuning.json"
 def load_attack(sample: str, function: str) -> Callable:
     """The attack function of a shipped sample, so that tuning measures exactly the code the sandbox runs."""
     folder = ATTACKS / sample
-    sys.path.insert(0, str(folder))  # attack.py does `from model import load_model`
+    sys.path.insert(0, str(folder))  # attack.py imports the folder's sample_io.py, which imports its model.py
     try:
         module = load_module(folder / "attack.py", f"{sample}_attack")
     finally:
         sys.path.remove(str(folder))
-        sys.modules.pop("model", None)
+        for name in ("model", "sample_io"):  # each sample has its own
+            sys.modules.pop(name, None)
     return getattr(module, function)
 
 
 def attack_functions() -> dict[str, Callable[[torch.nn.Module, np.ndarray, int], np.ndarray]]:
     step_ll, fgsm = load_attack("step_ll", "step_ll"), load_attack("fgsm", "fgsm")
-    rand_step_ll, iter_fgsm = load_attack("rand_fgsm", "rand_step_ll"), load_attack("iter_fgsm", "iter_fgsm")
+    rand_step_ll, iter_fgsm = load_attack("rand_step_ll", "rand_step_ll"), load_attack("iter_fgsm", "iter_fgsm")
     return {
         "Step-LL": step_ll,
         "FGSM": fgsm,

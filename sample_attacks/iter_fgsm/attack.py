@@ -5,41 +5,16 @@ back into the L-inf ball of radius epsilon around x and into [0, 255]:
 
 in pixel units, where y_pred is the source model's prediction on the clean x (attacks are not given labels).
 `least_likely=True` gives Iter-LL: steps that lower the loss of the least-likely class of x instead. The source
-model is whatever model.py and model.pt hold: base_torch's as shipped (white-box against base_torch).
+model is whatever model.py and model.pt hold: base_torch's as shipped (white-box against base_torch). The command
+line, the images and the batches are sample_io.py's.
 
 Usage: python3 attack.py INPUT_DIR OUTPUT_DIR EPSILON
 """
 
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from model import load_model
-from PIL import Image
-
-WEIGHTS = Path(__file__).resolve().parent / "model.pt"
-
-
-def num_threads() -> int:
-    """The sandbox sets OMP_NUM_THREADS to the piece's CPU limit."""
-    try:
-        return max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1"))))
-    except ValueError:
-        return 1
-
-
-def load_batch(paths: list[Path]) -> np.ndarray:
-    """PNG files -> uint8 [N, 28, 28]; the model only reads 28x28 grayscale images."""
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            if image.mode != "L" or image.size != (28, 28):
-                sys.exit(f"{path.name}: expected a 28x28 'L' image, got {image.size} {image.mode!r}")
-            images.append(np.asarray(image))
-    return np.stack(images)
+from sample_io import run_attack
 
 
 def iter_fgsm(
@@ -60,21 +35,5 @@ def iter_fgsm(
     return x_adv.round().squeeze(1).numpy().astype(np.uint8)
 
 
-def attack(input_dir: Path, output_dir: Path, epsilon: int, batch_size: int = 100) -> None:
-    model = load_model(str(WEIGHTS))
-    paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file())
-    for i in range(0, len(paths), batch_size):
-        batch = paths[i : i + batch_size]
-        for path, x_adv in zip(batch, iter_fgsm(model, load_batch(batch), epsilon), strict=True):
-            Image.fromarray(x_adv).save(output_dir / path.name)
-
-
-def main() -> None:
-    if len(sys.argv) != 4:
-        sys.exit("usage: attack.py INPUT_DIR OUTPUT_DIR EPSILON")
-    torch.set_num_threads(num_threads())
-    attack(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
-
-
 if __name__ == "__main__":
-    main()
+    run_attack(iter_fgsm)

@@ -2,48 +2,16 @@
 
 x_adv = clip(x - epsilon * sign(grad_x J(theta, x, y_target)), 0, 255) in pixel units: one signed-gradient step
 that lowers the cross-entropy of the target class. Targets come from INPUT_DIR/target_class.csv
-(`FILENAME,TARGET` per line, no header).
+(`FILENAME,TARGET` per line, no header), read by sample_io.py, which also holds the command line, the images and
+the batches.
 
 Usage: python3 attack.py INPUT_DIR OUTPUT_DIR EPSILON
 """
 
-import csv
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from model import load_model
-from PIL import Image
-
-WEIGHTS = Path(__file__).resolve().parent / "model.pt"
-
-
-def num_threads() -> int:
-    """The sandbox sets OMP_NUM_THREADS to the piece's CPU limit."""
-    try:
-        return max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1"))))
-    except ValueError:
-        return 1
-
-
-def load_targets(csv_path: Path) -> dict[str, int]:
-    """target_class.csv -> {file name: target class}."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        return {row[0].strip(): int(row[1]) for row in csv.reader(f) if len(row) >= 2}
-
-
-def load_batch(paths: list[Path]) -> np.ndarray:
-    """PNG files -> uint8 [N, 28, 28]; the model only reads 28x28 grayscale images."""
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            if image.mode != "L" or image.size != (28, 28):
-                sys.exit(f"{path.name}: expected a 28x28 'L' image, got {image.size} {image.mode!r}")
-            images.append(np.asarray(image))
-    return np.stack(images)
+from sample_io import run_targeted_attack
 
 
 def step_target_class(model: torch.nn.Module, x: np.ndarray, y_target: np.ndarray, epsilon: int) -> np.ndarray:
@@ -55,31 +23,5 @@ def step_target_class(model: torch.nn.Module, x: np.ndarray, y_target: np.ndarra
     return np.clip(x.astype(np.int16) - step, 0, 255).astype(np.uint8)
 
 
-def attack(input_dir: Path, output_dir: Path, epsilon: int, batch_size: int = 100) -> None:
-    model = load_model(str(WEIGHTS))
-    targets = load_targets(input_dir / "target_class.csv")
-    paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file())
-    for missing in (p for p in paths if p.name not in targets):
-        print(f"{missing.name}: no target class, left unchanged", file=sys.stderr)
-    for i in range(0, len(paths), batch_size):
-        batch = paths[i : i + batch_size]
-        x = load_batch(batch)
-        has_target = np.array([p.name in targets for p in batch])
-        x_adv = x.copy()
-        if has_target.any():
-            y_target = np.array([targets[p.name] for p in batch if p.name in targets], dtype=np.int64)
-            x_adv[has_target] = step_target_class(model, x[has_target], y_target, epsilon)
-        for path, image in zip(batch, x_adv, strict=True):
-            Image.fromarray(image).save(output_dir / path.name)
-
-
-def main() -> None:
-    if len(sys.argv) != 4:
-        sys.exit("usage: attack.py INPUT_DIR OUTPUT_DIR EPSILON")
-    torch.set_num_threads(num_threads())
-    torch.manual_seed(int(os.environ.get("SANDBOX_SEED", "0")))  # the step is deterministic; seeded by habit
-    attack(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
-
-
 if __name__ == "__main__":
-    main()
+    run_targeted_attack(step_target_class)

@@ -8,42 +8,18 @@ random step escapes the sharp curvature that adversarial training leaves around 
 masking), where a plain single step fails. `least_likely=False` gives R+FGSM (the step raises the loss of the
 model's prediction instead). Each image's noise is drawn from a generator seeded with SANDBOX_SEED and the image's
 pixels, so it depends on neither the (opaque, per-run) file names nor the batching: the same seed gives the same
-images in any run. The source model is whatever model.py and model.pt hold: base_torch's as shipped.
+images in any run. The source model is whatever model.py and model.pt hold: base_torch's as shipped. The command
+line, the images and the batches are sample_io.py's.
 
 Usage: SANDBOX_SEED=0 python3 attack.py INPUT_DIR OUTPUT_DIR EPSILON
 """
 
 import hashlib
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from model import load_model
-from PIL import Image
-
-WEIGHTS = Path(__file__).resolve().parent / "model.pt"
-
-
-def num_threads() -> int:
-    """The sandbox sets OMP_NUM_THREADS to the piece's CPU limit."""
-    try:
-        return max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1"))))
-    except ValueError:
-        return 1
-
-
-def load_batch(paths: list[Path]) -> np.ndarray:
-    """PNG files -> uint8 [N, 28, 28]; the model only reads 28x28 grayscale images."""
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            if image.mode != "L" or image.size != (28, 28):
-                sys.exit(f"{path.name}: expected a 28x28 'L' image, got {image.size} {image.mode!r}")
-            images.append(np.asarray(image))
-    return np.stack(images)
+from sample_io import run_attack, sandbox_seed
 
 
 def gaussian_signs(x: np.ndarray, seed: int) -> np.ndarray:
@@ -81,21 +57,5 @@ def rand_step_ll(
     return x_adv.round().squeeze(1).numpy().astype(np.uint8)
 
 
-def attack(input_dir: Path, output_dir: Path, epsilon: int, seed: int, batch_size: int = 100) -> None:
-    model = load_model(str(WEIGHTS))
-    paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file())
-    for i in range(0, len(paths), batch_size):
-        batch = paths[i : i + batch_size]
-        for path, x_adv in zip(batch, rand_step_ll(model, load_batch(batch), epsilon, seed), strict=True):
-            Image.fromarray(x_adv).save(output_dir / path.name)
-
-
-def main() -> None:
-    if len(sys.argv) != 4:
-        sys.exit("usage: attack.py INPUT_DIR OUTPUT_DIR EPSILON")
-    torch.set_num_threads(num_threads())
-    attack(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(os.environ.get("SANDBOX_SEED", "0")))
-
-
 if __name__ == "__main__":
-    main()
+    run_attack(lambda model, x, epsilon: rand_step_ll(model, x, epsilon, sandbox_seed()))
