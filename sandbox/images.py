@@ -84,7 +84,7 @@ def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) ->
     if source.wheel_dir is not None:
         given = Path(source.wheel_dir) / target
         if not given.is_dir():
-            raise ImageBuildError(f"{given}: no such folder; --wheel-dir needs one folder of wheels per target")
+            raise ImageBuildError(given, "no such folder", "the wheel folder needs one folder of wheels per target")
         for wheel in given.glob("*.whl"):
             shutil.copy2(wheel, dest / wheel.name)
         marker.write_text(pins_text)
@@ -119,8 +119,9 @@ def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) ->
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ImageBuildError(
-            f"pip download for {target} failed: {last}; check the index (--index-url/--find-links) "
-            f"or pass --wheel-dir with the wheels of {_requirements(target)}"
+            f"pip download for {target}",
+            f"failed: {last}",
+            f"check the package index and find-links, or give a wheel folder with {_requirements(target)}",
         )
     marker.write_text(pins_text)
 
@@ -151,8 +152,10 @@ def bootstrap_base(client: docker.DockerClient, log: Log) -> str:
         pass
     if shutil.which("debootstrap") is None:
         raise ImageBuildError(
-            "no base image: it cannot be pulled and debootstrap is missing; `apt-get install debootstrap`, "
-            "or pass --base-image with an image you have locally"
+            "base image",
+            "it cannot be pulled and debootstrap is missing",
+            "run `scripts/install-docker.sh` (it installs debootstrap) or `apt-get install debootstrap`, or name a "
+            "base image you have locally",
         )
     log("bootstrapping a Debian bookworm base image with debootstrap (about a minute)")
     with tempfile.TemporaryDirectory(prefix="sbx-rootfs-") as tmp:
@@ -164,7 +167,7 @@ def bootstrap_base(client: docker.DockerClient, log: Log) -> str:
         )
         if result.returncode != 0:
             last = (result.stdout.strip().splitlines() or ["no output"])[-1]
-            raise ImageBuildError(f"debootstrap failed: {last}; it needs root and a Debian mirror")
+            raise ImageBuildError("debootstrap", f"failed: {last}", "it needs root and a Debian mirror")
         shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
@@ -186,7 +189,7 @@ def resolve_base_image(client: docker.DockerClient, base_image: str, log: Log) -
         return base_image
     except (APIError, requests.RequestException) as exc:
         if base_image != DEFAULT_BASE_IMAGE:
-            raise ImageBuildError(f"base image {base_image} is not local and cannot be pulled ({exc})") from None
+            raise ImageBuildError(f"base image {base_image}", f"not local and cannot be pulled ({exc})") from None
         log(f"cannot pull {base_image}: falling back to a debootstrapped Debian bookworm base")
     return bootstrap_base(client, log)
 
@@ -212,7 +215,7 @@ def build_images(
     """Builds the given Dockerfile targets, skipping those whose content hash label already matches."""
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
-        raise ImageBuildError(f"unknown image target {unknown[0]}; choose from {', '.join(TARGETS)}")
+        raise ImageBuildError(f"image target {unknown[0]}", "unknown", f"choose from {', '.join(TARGETS)}")
     client = docker_client(timeout=600)
     source = source or WheelSource()
     context = cache_root() / "build"
@@ -249,10 +252,43 @@ def build_images(
         )
         for chunk in stream:
             if "error" in chunk:
-                raise ImageBuildError(f"building {tag} failed: {chunk['error'].strip()}")
+                raise ImageBuildError(tag, f"build failed: {chunk['error'].strip()}")
             line = chunk.get("stream", "").strip()
             if line.startswith("Step "):
                 log(f"  {line}")
         built.append(BuiltImage(target, tag, False, time.monotonic() - started))
         log(f"built {tag} in {time.monotonic() - started:.1f} s")
     return built
+
+
+def local_base_id(client: docker.DockerClient) -> str | None:
+    """The base image `sandbox images build` would use without pulling: the default if here, else the
+    debootstrapped one (resolve_base_image's order)."""
+    for base in (DEFAULT_BASE_IMAGE, BOOTSTRAP_IMAGE):
+        try:
+            return client.images.get(base).id
+        except ImageNotFound:
+            continue
+    return None
+
+
+def image_staleness(client: docker.DockerClient, label: str | None, target: str) -> tuple[bool | None, str]:
+    """Whether a rebuild would change the image: (False, ...) current, (True, why) stale, (None, why) unknown.
+
+    The content hash is the one `build_images` labels images with, over the Dockerfile, the base image and the
+    cached wheels; a wheel cache whose pins no longer match the requirements means the next build downloads new
+    wheels.
+    """
+    context = cache_root() / "build"
+    for needed in TARGETS[1 : TARGETS.index(target) + 1]:
+        marker = context / "wheels" / needed / ".complete"
+        if not marker.is_file():
+            return None, f"not compared: no wheel cache in {marker.parent}"
+        if marker.read_text() != "\n".join(_pins(needed)):
+            return True, f"the pins of {needed} changed since the build"
+    base_id = local_base_id(client)
+    if base_id is None:
+        return None, f"not compared: neither {DEFAULT_BASE_IMAGE} nor {BOOTSTRAP_IMAGE} is here"
+    if label != _content_hash(target, context, base_id):
+        return True, "its content hash differs from the Dockerfile, base image and wheels here"
+    return False, "current"
