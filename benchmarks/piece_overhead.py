@@ -19,8 +19,21 @@ import time
 from pathlib import Path
 
 from sandbox import Limits, RunOptions, run_competition
-from tests.conftest import make_small_dataset
-from tests.submissions import write_submission
+from sandbox.bundled import default_dataset_dir
+from sandbox.dataset import subset_dataset
+from sandbox.image_names import image_tag
+
+DO_NOTHING = "#!/bin/sh\nexit 0\n"
+
+
+def write_do_nothing_attack(attacks: Path) -> None:
+    """An attack in the sandbox's base image whose entry point exits at once: its pieces cost only overhead."""
+    folder = attacks / "nothing"
+    folder.mkdir(parents=True)
+    metadata = {"type": "attack", "container": image_tag("base"), "entry_point": "run.sh"}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    (folder / "run.sh").write_text(DO_NOTHING)
+    (folder / "run.sh").chmod(0o755)
 
 
 def main() -> None:
@@ -29,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sbx-overhead-") as tmp:
         root = Path(tmp)
-        dataset = make_small_dataset(root / "data", args.pieces)
-        write_submission(root / "attacks", "nothing", "attack", "#!/bin/sh\nexit 0\n")
+        dataset = subset_dataset(default_dataset_dir(), root / "data", args.pieces)
+        write_do_nothing_attack(root / "attacks")
         for kind in ("targeted", "defenses"):
             (root / kind).mkdir()
         options = RunOptions(

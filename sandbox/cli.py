@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -9,17 +11,26 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from sandbox.competition import Events, RunOptions, rebuild_report, resolve_options, run_competition
-from sandbox.errors import SandboxError
+from sandbox.competition import Events, RunOptions, RunResult, rebuild_report, resolve_options, run_competition
+from sandbox.errors import ImageBuildError, RuntimeUnavailable, SandboxError
 from sandbox.plan import parse_epsilons
 from sandbox.runtime.base import Limits
 from sandbox.store import PieceRecord
 
-console = Console(stderr=True)
-out_console = Console()
+# soft_wrap: a path or id is never folded onto two lines, whatever the terminal's (or a pipe's) width.
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 _SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -35,18 +46,23 @@ def _size(ctx, param, value: str | None) -> str | None:
     return value
 
 
-def _limits(time_limit: float, min_time: float, memory: str, cpus: float, pids: int, output_size: str) -> Limits:
+def _limits(time_limit: float, min_time_limit: float, memory: str, cpus: float, pids: int, output_size: str) -> Limits:
     """The per-piece limits from the flags that `run` and `validate` share, so both apply the same ones."""
     return Limits(
-        time_per_100_images=time_limit, min_time=min_time, memory=memory, cpus=cpus, pids=pids, output_size=output_size
+        time_per_100_images=time_limit,
+        min_time=min_time_limit,
+        memory=memory,
+        cpus=cpus,
+        pids=pids,
+        output_size=output_size,
     )
 
 
 def _epsilons(ctx, param, value: str) -> tuple[int, ...]:
     try:
         return parse_epsilons(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    except SandboxError as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 class RichEvents(Events):
@@ -54,7 +70,7 @@ class RichEvents(Events):
 
     def __init__(self) -> None:
         self.progress: Progress | None = None
-        self.task = None
+        self.task = TaskID(0)
 
     def message(self, text: str) -> None:
         console.print(f"[dim]{_safe(text)}[/dim]", highlight=False)
@@ -108,24 +124,46 @@ class RichEvents(Events):
             self.progress = None
 
 
-def _leaderboard(title: str, header: str, rows: list, normalised: dict[str, float]) -> Table:
+def _leaderboard(title: str, header: str, rows: list, normalised: dict[str, float], names: dict[str, str]) -> Table:
+    """A ranking as a table; a Name column (display name and team) appears when the organizers named anyone."""
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column(header)
+    if names:
+        table.add_column("Name")
     table.add_column("Score", justify="right")
     table.add_column("Normalised", justify="right")
-    for rank, (name, score) in enumerate(rows, start=1):
-        table.add_row(str(rank), _safe(name), str(score), f"{normalised.get(name, 0.0):.3f}")
+    for rank, (sub_id, score) in enumerate(rows, start=1):
+        named = [_safe(names.get(sub_id, ""))] if names else []
+        table.add_row(str(rank), _safe(sub_id), *named, str(score), f"{normalised.get(sub_id, 0.0):.3f}")
     return table
 
 
+def _names(results: dict) -> dict[str, str]:
+    """{id: 'name (team)'} for the submissions whose display name or team says more than the id."""
+    names = {}
+    for entries in (results.get("submissions") or {}).values():
+        for entry in entries:
+            label = entry.get("name") if entry.get("name") != entry["id"] else ""
+            label = f"{label} ({entry['team']})" if entry.get("team") else label
+            if label:
+                names[entry["id"]] = label.strip()
+    return names
+
+
 def print_leaderboards(results: dict) -> None:
-    rankings, normalised = results["rankings"], results["normalised_scores"]
-    out_console.print(_leaderboard("Defenses", "DefenseName", rankings["defense"], normalised["defense"]))
-    out_console.print(_leaderboard("Attacks", "AttackName", rankings["attack"], normalised["attack"]))
-    out_console.print(
-        _leaderboard("Targeted attacks", "AttackName", rankings["targeted_attack"], normalised["targeted_attack"])
-    )
+    rankings, normalised, names = results["rankings"], results["normalised_scores"], _names(results)
+    for title, header, kind in (
+        ("Defenses", "DefenseName", "defense"),
+        ("Attacks", "AttackName", "attack"),
+        ("Targeted attacks", "AttackName", "targeted_attack"),
+    ):
+        out_console.print(_leaderboard(title, header, rankings[kind], normalised[kind], names))
+    if results.get("dropped_incomplete"):
+        dropped = ", ".join(_safe(i) for i in results["dropped_incomplete"])
+        out_console.print(f"not ranked (failed pieces, --drop-incomplete): {dropped}", highlight=False)
+    if results.get("excluded"):
+        out_console.print(f"excluded: {', '.join(_safe(i) for i in results['excluded'])}", highlight=False)
 
 
 class SandboxCommands(click.Group):
@@ -140,33 +178,35 @@ class SandboxCommands(click.Group):
 
 
 def limit_options(command):
-    """The per-piece limits and the runtime, declared once: `validate` checks exactly as `run` runs."""
+    """The per-piece limits and the runtime, declared once: `validate` checks exactly as `run` runs. The command
+    gets the limit flags as one `limits` argument (a Limits)."""
     options = [
-        click.option(
+        _seconds(
             "--time-limit",
-            default=500.0,
-            show_default=True,
-            type=click.FloatRange(min=0.1),
-            help="Seconds per 100 images of a piece; the container is killed at the limit.",
+            Limits.time_per_100_images,
+            "Seconds per 100 images of a piece; the container is killed at the limit.",
+            minimum=0.1,
+        ),
+        _seconds(
+            "--min-time-limit",
+            Limits.min_time,
+            "Seconds every piece gets at least, however few its images (start-up time does not scale).",
         ),
         click.option(
-            "--min-time-limit",
-            default=60.0,
-            show_default=True,
-            type=click.FloatRange(min=0.0),
-            help="Seconds every piece gets at least, however few its images (start-up time does not scale).",
+            "--memory", default=Limits.memory, show_default=True, callback=_size, help="Memory per container."
         ),
-        click.option("--memory", default="4g", show_default=True, callback=_size, help="Memory per container."),
         click.option(
             "--cpus",
             default=None,
             type=click.FloatRange(min=0.01),
             help="CPUs per container. Default: the machine's cores divided by the pieces run at once.",
         ),
-        click.option("--pids", default=256, show_default=True, type=click.IntRange(8), help="Processes per container."),
+        click.option(
+            "--pids", default=Limits.pids, show_default=True, type=click.IntRange(8), help="Processes per container."
+        ),
         click.option(
             "--output-size",
-            default="512m",
+            default=Limits.output_size,
             show_default=True,
             callback=_size,
             help="Size cap of a piece's output folder.",
@@ -187,9 +227,28 @@ def limit_options(command):
             help="gvisor runs containers under runsc (scripts/install-docker.sh --gvisor).",
         ),
     ]
+
+    @functools.wraps(command)
+    def with_limits(**flags):
+        limit_flags = {name: flags.pop(name) for name in inspect.signature(_limits).parameters}
+        return command(limits=_limits(**limit_flags), **flags)
+
     for option in reversed(options):
-        command = option(command)
-    return command
+        with_limits = option(with_limits)
+    return with_limits
+
+
+def _seconds(flag: str, default: float, help: str, minimum: float = 0.0):
+    """A duration option whose default is the library's."""
+    return click.option(flag, default=default, show_default=True, type=click.FloatRange(min=minimum), help=help)
+
+
+def _count(flag: str, default: int, help: str):
+    """A count option (at least 1) whose default is the library's."""
+    return click.option(flag, default=default, show_default=True, type=click.IntRange(1), help=help)
+
+
+_FOLDERS: dict = {"multiple": True, "type": click.Path(path_type=Path)}  # a repeatable folder option
 
 
 @click.group(cls=SandboxCommands)
@@ -199,27 +258,19 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--attacks", **_FOLDERS, help="Folder of attack submissions (repeatable). Default: the shipped samples.")
+@click.option("--targeted-attacks", **_FOLDERS, help="Folder of targeted attack submissions (repeatable).")
+@click.option("--defenses", **_FOLDERS, help="Folder of defense submissions (repeatable).")
 @click.option(
-    "--attacks",
-    "attacks",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Folder of attack submissions (repeatable). Default: the shipped samples.",
+    "--submissions",
+    **_FOLDERS,
+    help="Folder of received submissions of any type, as organizers get them (repeatable); an optional "
+    "submissions.csv (id,name,team) in it names them. Replaces the samples.",
 )
 @click.option(
-    "--targeted-attacks",
-    "targeted_attacks",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Folder of targeted attack submissions (repeatable).",
+    "--exclude", multiple=True, help="Id of a submission to leave out of this run and its scores (repeatable)."
 )
-@click.option(
-    "--defenses",
-    "defenses",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Folder of defense submissions (repeatable).",
-)
+@click.option("--drop-incomplete", is_flag=True, help="Rank without submissions that failed a piece (as NIPS 2017).")
 @click.option("--dataset", type=click.Path(path_type=Path), help="Data set folder. Default: shipped Fashion-MNIST 1k.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder; an existing one is resumed.")
 @click.option(
@@ -229,28 +280,24 @@ def main() -> None:
     callback=_epsilons,
     help="L-inf budget in pixel units, or a list used in turn per batch (4,8,12,16).",
 )
-@click.option(
-    "--batch-size",
-    default=100,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Images per batch; each batch gets one epsilon.",
-)
-@click.option(
+@_count("--batch-size", RunOptions.batch_size, "Images per batch; each batch gets one epsilon.")
+@_count(
     "--attack-piece-size",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Images per attack container: batches with the same epsilon run together up to this many.",
+    RunOptions.attack_piece_size,
+    "Images per attack container: batches with the same epsilon run together up to this many.",
+)
+@_count(
+    "--defense-batch-size",
+    RunOptions.defense_batch_size,
+    "At most this many distinct images per defense piece; below it, as few pieces as keep --jobs busy.",
 )
 @click.option(
-    "--defense-batch-size",
-    default=20_000,
+    "--seed",
+    default=RunOptions.seed,
     show_default=True,
-    type=click.IntRange(1),
-    help="At most this many distinct images per defense piece; below it, as few pieces as keep --jobs busy.",
+    type=int,
+    help="Run seed; each piece gets SANDBOX_SEED from it.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Run seed; each piece gets SANDBOX_SEED from it.")
 @click.option(
     "--jobs",
     default=None,
@@ -259,94 +306,93 @@ def main() -> None:
 )
 @click.option("--gpus", default=None, help="GPUs for the containers: 'all' or ids like 0,1 (one piece per GPU).")
 @limit_options
-@click.option(
+@_seconds(
     "--docker-wait",
-    default=300.0,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
-    help="Seconds to wait for a Docker daemon that stopped answering (a restart) before stopping the run.",
+    RunOptions.docker_wait,
+    "Seconds to wait for a Docker daemon that stopped answering (a restart) before stopping the run.",
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when a submission was left out or a piece failed.")
 @click.option("--no-build", is_flag=True, help="Do not build missing sandbox images; leave their submissions out.")
-def run(
+def run(**flags) -> None:
+    """Run every attack on the data set and every defense on their images; write scores."""
+    options = resolve_options(_run_options(**flags))
+    _print_settings(options)
+    result = _run_with_progress(options)
+    print_leaderboards(result.results)
+    problems = _print_summary(result)
+    sys.exit(1 if flags["strict"] and problems else 0)
+
+
+def _run_options(
+    *,
     attacks,
     targeted_attacks,
     defenses,
-    dataset,
-    out,
-    epsilon,
-    batch_size,
-    attack_piece_size,
-    defense_batch_size,
-    seed,
-    jobs,
-    gpus,
+    submissions,
+    exclude,
     runtime_name,
-    isolation,
-    time_limit,
-    min_time_limit,
-    memory,
-    cpus,
-    pids,
-    output_size,
-    docker_wait,
-    strict,
     no_build,
-) -> None:
-    """Run every attack on the data set and every defense on their images; write scores."""
-    limits = _limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
-    options = RunOptions(
+    strict,
+    **settings,
+) -> RunOptions:
+    """The flags as the library's RunOptions: empty folder lists mean the shipped samples."""
+    return RunOptions(
         attacks=tuple(attacks) or None,
         targeted_attacks=tuple(targeted_attacks) or None,
         defenses=tuple(defenses) or None,
-        dataset=dataset,
-        out=out,
-        epsilon=epsilon,
-        batch_size=batch_size,
-        attack_piece_size=attack_piece_size,
-        defense_batch_size=defense_batch_size,
-        seed=seed,
-        jobs=jobs,
-        gpus=gpus,
+        submissions=tuple(submissions),
+        exclude=tuple(exclude),
         runtime=runtime_name,
-        isolation=isolation,
-        limits=limits,
         build_images=not no_build,
-        docker_wait=docker_wait,
+        **settings,
     )
-    options = resolve_options(options)
+
+
+def _print_settings(options: RunOptions) -> None:
+    """Every limit up front, before anything runs: users learn a limit before it bites."""
     limits = options.limits
+    runtime = options.runtime + (f"/{options.isolation}" if options.runtime == "docker" else "")
     console.print(
         f"run folder: [bold]{options.out}[/bold]  (resume an interrupted run with --out {options.out})", highlight=False
     )
     console.print(
-        f"limits per piece: {time_limit:g} s per 100 images (at least {min_time_limit:g} s), memory {memory}, "
-        f"{limits.cpus:g} CPUs, {pids} processes, output {output_size}, network none; "
-        f"epsilon {','.join(map(str, epsilon))}; jobs {options.jobs}; "
-        f"runtime {runtime_name}" + (f"/{isolation}" if runtime_name == "docker" else ""),
+        f"limits per piece: {limits.time_per_100_images:g} s per 100 images (at least {limits.min_time:g} s), "
+        f"memory {limits.memory}, {limits.cpu_share():g} CPUs, {limits.pids} processes, output {limits.output_size}, "
+        f"network none; epsilon {','.join(map(str, options.epsilon))}; jobs {options.jobs}; runtime {runtime}",
         highlight=False,
     )
+
+
+def _run_with_progress(options: RunOptions) -> RunResult:
+    """Runs with live progress bars (closed before any error line); a Docker or image problem suggests `sandbox
+    doctor`, an interrupt says how to resume."""
     events = RichEvents()
     try:
-        result = run_competition(options, events)
-    except SandboxError:
-        events.close()  # the progress display ends before the error line
+        return run_competition(options, events)
+    except (RuntimeUnavailable, ImageBuildError):
+        events.close()  # the progress display ends before the hint and the error line
+        console.print("[yellow]hint:[/yellow] `sandbox doctor` checks what a run needs", highlight=False)
         raise
     except KeyboardInterrupt:
         events.close()
         console.print(f"[red]interrupted[/red]: resume with --out {options.out}", highlight=False)
         sys.exit(130)
-    events.close()
-    print_leaderboards(result.results)
-    problems = len(result.left_out) + sum(f["pieces_failed"] for f in result.results["failures"].values())
+    finally:
+        events.close()
+
+
+def _print_summary(result: RunResult) -> int:
+    """Where the outputs are, what a resume kept, and how many submissions were left out or pieces failed (that
+    count is returned)."""
+    failed = sum(f["pieces_failed"] for f in result.results["failures"].values())
+    if result.resumed_pieces:
+        console.print(f"{result.resumed_pieces} pieces were already done in this run folder and were kept")
     console.print(f"outputs: [bold]{result.out}[/bold] (results.json, NIPS 2017 score files)", highlight=False)
-    if problems:
+    if result.left_out or failed:
         console.print(
-            f"{len(result.left_out)} submissions left out, "
-            f"{problems - len(result.left_out)} pieces failed: see results.json",
-            highlight=False,
+            f"{len(result.left_out)} submissions left out, {failed} pieces failed: see results.json", highlight=False
         )
-    sys.exit(1 if strict and problems else 0)
+    return len(result.left_out) + failed
 
 
 @main.command()
@@ -364,12 +410,7 @@ def validate(
     dataset,
     images,
     epsilon,
-    time_limit,
-    min_time_limit,
-    memory,
-    cpus,
-    pids,
-    output_size,
+    limits,
     runtime_name,
     isolation,
     as_json,
@@ -380,7 +421,6 @@ def validate(
 
     from sandbox.validate import validate_submission
 
-    limits = _limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
     report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name, isolation=isolation)
     if as_json:
         out_console.print_json(json.dumps(report.to_dict(strict)))
@@ -470,20 +510,15 @@ def dataset() -> None:
 def dataset_fashion_mnist(out: Path, per_class: int, seed: int) -> None:
     """Build the shipped Fashion-MNIST test data set from Debian's dataset-fashion-mnist."""
     from sandbox.dataset import build_fashion_mnist
-    from sandbox.fashion_mnist import FashionMnistMissing
 
-    try:
-        path = build_fashion_mnist(out, per_class=per_class, seed=seed)
-    except (SandboxError, FashionMnistMissing) as exc:
-        console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    path = build_fashion_mnist(out, per_class=per_class, seed=seed)
     out_console.print(f"wrote {path}")
 
 
 @dataset.command("check")
 @click.argument("folder", type=click.Path(path_type=Path))
 def dataset_check(folder: Path) -> None:
-    """Check a data set folder (SPEC 3)."""
+    """Check a data set folder (docs/contract.md)."""
     from sandbox.dataset import load_dataset
 
     ds = load_dataset(folder)
@@ -533,6 +568,35 @@ def images_build(targets, base_image, index_url, extra_index_urls, find_links, w
     for image in built:
         state = "up to date" if image.skipped else f"built in {image.seconds:.1f} s"
         out_console.print(f"{image.tag}: {state}")
+
+
+@main.command()
+@click.option(
+    "--data", "--dataset", "data", type=click.Path(path_type=Path), help="Data set. Default: the shipped one."
+)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Run folder.")
+@click.option(
+    "--min-free", default=1.0, show_default=True, type=click.FloatRange(min=0.0), help="GiB free under --out."
+)
+@click.option(
+    "--isolation",
+    type=click.Choice(["runc", "gvisor"]),
+    default="runc",
+    show_default=True,
+    help="gvisor: a missing runsc runtime is a failure, not a warning.",
+)
+def doctor(data, out, min_free, isolation) -> None:
+    """Check what a run needs (Docker, limits, images, gVisor, GPUs, disk, data set); exit 1 if it is not there."""
+    from sandbox.doctor import render, run_checks
+
+    checks = []
+    for check in run_checks(data, out, min_free, isolation):
+        checks.append(check)
+        out_console.print(render(check, _safe), highlight=False, soft_wrap=True)
+    failed = [check.name for check in checks if check.failed]
+    verdict = f"[red]not ready[/red]: fix {', '.join(failed)}" if failed else "[green]ready[/green] for `sandbox run`"
+    out_console.print(verdict, highlight=False)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

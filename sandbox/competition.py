@@ -1,4 +1,4 @@
-"""`run_competition`: plan -> run pieces -> store -> score -> report (SPEC 4).
+"""`run_competition`: plan -> run pieces -> store -> score -> report (docs/architecture.md).
 
 The run folder holds everything: `manifest.json` (every setting), `store.sqlite` (results as pieces finish),
 `adversarial/` (the clipped images) and the outputs. Running again with the same folder resumes it.
@@ -14,35 +14,41 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sandbox import __version__
 from sandbox.bundled import default_dataset_dir, sample_dirs
 from sandbox.dataset import DataSet, load_dataset
 from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError
-from sandbox.executor import run_tasks
+from sandbox.executor import Task, run_tasks
 from sandbox.image_names import is_sandbox_image
-from sandbox.pieces import RunContext, run_attack_piece, run_defense_piece
-from sandbox.plan import DefensePiece, piece_seed, plan_attack_pieces, plan_defense_pieces
+from sandbox.intake import exclude, gather, track_versions
+from sandbox.pieces import AttackPieceResult, DefensePieceResult, RunContext, run_attack_piece, run_defense_piece
+from sandbox.plan import AttackPiece, DefensePiece, piece_seed, plan_attack_pieces, plan_defense_pieces
 from sandbox.reporting import build_results, write_nips_files, write_report_html, write_results
 from sandbox.runtime import Limits, Runtime, make_runtime
 from sandbox.runtime.base import default_workers
 from sandbox.scoring import compute_scores
 from sandbox.store import PieceRecord, RunStore, write_atomically
-from sandbox.submission import LeftOut, SubmissionSet, load_submissions
+from sandbox.submission import LeftOut, Submission, SubmissionSet, SubmissionType
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Every option of `sandbox run`; None for a submission folder list means the shipped samples."""
+    """Every option of `sandbox run`. None for a per-type folder list means the shipped samples, unless folders
+    of received submissions (`submissions`, all types mixed) are given: then it means none."""
 
     attacks: tuple[Path, ...] | None = None
     targeted_attacks: tuple[Path, ...] | None = None
     defenses: tuple[Path, ...] | None = None
+    submissions: tuple[Path, ...] = ()  # folders of received submissions of any type (organizer intake)
+    exclude: tuple[str, ...] = ()  # ids taken out of the run: not run, not scored, their results kept
+    drop_incomplete: bool = False  # rank without submissions that failed pieces (the NIPS 2017 organizers' rule)
     dataset: Path | None = None
     out: Path | None = None
     epsilon: tuple[int, ...] = (16,)
@@ -103,16 +109,16 @@ def _sha256_file(path: Path) -> str:
 
 def _load_all(options: RunOptions, out: Path) -> tuple[dict[str, SubmissionSet], DataSet]:
     dataset = load_dataset(options.dataset or default_dataset_dir())
-    sets = {}
-    taken: dict[str, str] = {}
-    for kind, given in (
+    kinds: tuple[tuple[SubmissionType, tuple[Path, ...] | None], ...] = (
         ("attack", options.attacks),
         ("targeted_attack", options.targeted_attacks),
         ("defense", options.defenses),
-    ):
-        folders = list(given) if given is not None else sample_dirs(kind)
-        sets[kind] = load_submissions(folders, kind, out / "submissions" / kind, taken)
-    return sets, dataset
+    )
+    samples = not options.submissions  # received submissions replace the samples
+    per_kind = {
+        kind: list(given) if given is not None else sample_dirs(kind) if samples else [] for kind, given in kinds
+    }
+    return gather(per_kind, list(options.submissions), out / "submissions"), dataset
 
 
 def _check_images(runtime: Runtime, sets: dict[str, SubmissionSet], options: RunOptions, events: Events) -> None:
@@ -139,8 +145,16 @@ def _check_images(runtime: Runtime, sets: dict[str, SubmissionSet], options: Run
 
 
 def _manifest(
-    options: RunOptions, run_id: str, dataset: DataSet, sets: dict[str, SubmissionSet], runtime: Runtime
+    options: RunOptions,
+    run_id: str,
+    dataset: DataSet,
+    sets: dict[str, SubmissionSet],
+    runtime: Runtime,
+    added: dict[str, str],
+    excluded: list[str],
 ) -> dict:
+    """Every setting and every submission of the run (with its digest and when it joined): what a reader needs
+    to reproduce the leaderboard."""
     return {
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -155,6 +169,7 @@ def _manifest(
             "isolation": runtime.isolation(),
             "docker_wait_s": options.docker_wait,
             "limits": asdict(options.limits),
+            "drop_incomplete": options.drop_incomplete,
         },
         "dataset": {
             "path": str(dataset.root),
@@ -170,6 +185,9 @@ def _manifest(
                 {
                     "id": s.id,
                     "name": s.display_name,
+                    "team": s.team,
+                    "sha256": s.sha256,
+                    "added": added.get(s.id),
                     "path": str(s.root),
                     "container": s.image(bool(options.gpus)),
                     "entry_point": s.metadata.entry_point,
@@ -184,10 +202,11 @@ def _manifest(
         "left_out": [
             {"id": lo.id, "path": str(lo.path), "error": lo.error} for subs in sets.values() for lo in subs.left_out
         ],
+        "excluded": excluded,
     }
 
 
-def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str, bool]:
+def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str]:
     """Creates the run folder, or reopens it after checking it was made with the same scoring settings."""
     store = RunStore(out)
     existing = store.meta_json("settings")
@@ -196,14 +215,16 @@ def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str, bool]
         store.set_meta("run_id", run_id)
         store.set_meta("secret", secrets.token_hex(16))
         store.set_meta("settings", json.dumps(options.scoring_settings(), sort_keys=True))
-        return store, run_id, store.get_meta("secret") or "", False
+        return store, run_id, store.get_meta("secret") or ""
     if existing != options.scoring_settings():
         store.close()
         raise SandboxError(
-            f"{out}: this run folder was made with {json.dumps(existing)}; resume it with the same "
-            f"--epsilon/--batch-size/--attack-piece-size/--defense-batch-size/--seed, or choose a new --out"
+            out,
+            f"this run folder was made with {json.dumps(existing)}",
+            "resume it with the same epsilon, batch size, attack piece size, defense batch size and seed, or choose "
+            "a new run folder",
         )
-    return store, store.get_meta("run_id") or "", store.get_meta("secret") or "", True
+    return store, store.get_meta("run_id") or "", store.get_meta("secret") or ""
 
 
 def resolve_options(options: RunOptions) -> RunOptions:
@@ -218,13 +239,13 @@ def resolve_options(options: RunOptions) -> RunOptions:
 def run_competition(options: RunOptions | None = None, events: Events | None = None) -> RunResult:
     """Runs every attack on the data set and every defense on every attack's images; writes the outputs."""
     options = resolve_options(options or RunOptions())
-    out = Path(options.out)
+    out = Path(options.out or ".")
     try:
         return _run_competition(options, events or Events())
     except (OSError, sqlite3.OperationalError) as exc:
         if not _is_disk_full(exc, out):
             raise
-        raise SandboxError(_disk_full_message(out, options)) from None
+        raise _disk_full(out, options) from None
 
 
 def _is_disk_full(exc: BaseException, out: Path) -> bool:
@@ -243,7 +264,7 @@ def _free_bytes(folder: Path) -> int:
         return 0
 
 
-def _disk_full_message(out: Path, options: RunOptions) -> str:
+def _disk_full(out: Path, options: RunOptions) -> SandboxError:
     """One line: where, how much is free, about how much the run needs, and how to go on."""
     free_mb = _free_bytes(out) // 1024**2
     try:
@@ -258,102 +279,164 @@ def _disk_full_message(out: Path, options: RunOptions) -> str:
         need_mb = int(3 * image_bytes * len(dataset.records) * max(1, n_attacks) / 1024**2) + 100
     except (SandboxError, OSError):
         need_mb = 100
-    return (
-        f"{out}: no space left on device ({free_mb} MB free); free about {need_mb} MB there and resume with "
-        f"--out {out} (finished pieces are kept)"
-    )
+    fix = f"free about {need_mb} MB there and resume the run folder {out} (finished pieces are kept)"
+    return SandboxError(out, f"no space left on device ({free_mb} MB free)", fix)
 
 
 def _run_competition(options: RunOptions, events: Events) -> RunResult:
+    """Admit -> run attack pieces -> run defense pieces -> score and write; any stop keeps what is stored."""
     started = time.monotonic()
+    assert options.jobs is not None and options.out is not None, "resolve_options fills these in"
     out = Path(options.out)
     if min(options.jobs, options.batch_size, options.attack_piece_size, options.defense_batch_size) < 1:
-        raise SandboxError("--jobs, --batch-size, --attack-piece-size and --defense-batch-size must be at least 1")
+        raise SandboxError("options", "jobs, batch size, attack piece size and defense batch size must be at least 1")
     runtime = make_runtime(options.runtime, options.isolation, keep_spares=options.jobs)
     if options.runtime == "process":
         from sandbox.runtime.process import WARNING
 
         events.warning(WARNING)
+    new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    store, run_id, secret, resumed = _open_run(out, options)
+    store, run_id, secret = _open_run(out, options)
+    discard = False
     try:
-        sets, dataset = _load_all(options, out)
-        _check_images(runtime, sets, options, events)
-        for subs in sets.values():
-            for lo in subs.left_out:
-                events.warning(f"left out {lo.id}: {lo.error}")
-            for submission in subs.submissions:
-                for warning in submission.warnings:
-                    events.warning(warning)
-        manifest = _manifest(options, run_id, dataset, sets, runtime)
-        write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-        shutil.rmtree(out / "clean", ignore_errors=True)  # inputs cached by an interrupted run: written afresh
-        removed = runtime.cleanup_run(run_id)
-        if removed:
-            events.message(f"removed {removed} containers/volumes left by an interrupted run")
-        ctx = RunContext(run_id, out.resolve(), secret, options.limits, use_gpu=bool(options.gpus))
-        finished = store.finished_piece_ids()
-        resumed_pieces = _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events)
-        resumed_pieces += _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events)
-        shutil.rmtree(out / "work", ignore_errors=True)
-        shutil.rmtree(out / "clean", ignore_errors=True)
+        starting = new_folder  # until admission is done, a failure leaves no run folder behind
+        sets, dataset, manifest = _admit_all(options, out, runtime, store, run_id, events)
+        starting = False
+        ctx = RunContext(run_id, out.resolve(), secret, options.limits, dataset, runtime, use_gpu=bool(options.gpus))
+        run = _Run(options, sets, ctx, store, store.finished_piece_ids(), events, options.jobs)
+        resumed = _run_attacks(run) + _run_defenses(run)
+        for leftover in ("work", "clean"):
+            shutil.rmtree(out / leftover, ignore_errors=True)
         runtime.cleanup_run(run_id)  # containers a host fault left behind, if any
         manifest["run_wall_s"] = round(time.monotonic() - started, 3)
         write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         results = write_outputs(out, store, dataset, manifest)
     except BaseException:
-        # Stop what is still running (an interrupt, Docker going away); a resume re-runs those pieces.
-        try:
-            runtime.cleanup_run(run_id)
-        except Exception:
-            pass
+        _stop_containers(runtime, run_id, events)  # an interrupt, Docker going away: a resume re-runs those pieces
+        discard = starting
         raise
     finally:
         try:
             runtime.close()
         finally:
             store.close()
+            if discard:
+                shutil.rmtree(out, ignore_errors=True)
     left_out = [lo for subs in sets.values() for lo in subs.left_out]
-    return RunResult(out, results, left_out, resumed_pieces)
+    return RunResult(out, results, left_out, resumed)
 
 
-def _run_attacks(options, sets, dataset, ctx, runtime, store, finished, events) -> int:
+def _admit_all(
+    options: RunOptions, out: Path, runtime: Runtime, store: RunStore, run_id: str, events: Events
+) -> tuple[dict[str, SubmissionSet], DataSet, dict]:
+    """Admits every submission (and its image), reports what was left out, drops the results of resubmitted
+    ones, and writes the manifest."""
+    sets, dataset = _load_all(options, out)
+    excluded = exclude(sets, options.exclude)
+    _check_images(runtime, sets, options, events)
+    added, changed = track_versions(store, sets, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    for sub_id in changed:
+        events.message(f"{sub_id} changed since it last ran here: its results are dropped and it runs again")
+    for subs in sets.values():
+        for lo in subs.left_out:
+            events.warning(f"left out {lo.id}: {lo.error}")
+        for submission in subs.submissions:
+            for warning in submission.warnings:
+                events.warning(warning)
+    manifest = _manifest(options, run_id, dataset, sets, runtime, added, excluded)
+    write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    shutil.rmtree(out / "clean", ignore_errors=True)  # inputs cached by an interrupted run: written afresh
+    removed = runtime.cleanup_run(run_id)
+    if removed:
+        events.message(f"removed {removed} containers/volumes left by an interrupted run")
+    return sets, dataset, manifest
+
+
+def _stop_containers(runtime: Runtime, run_id: str, events: Events) -> None:
+    """Best effort while a run stops: a failure here must not hide the error that stopped the run."""
+    try:
+        runtime.cleanup_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - reported, and the original error is re-raised by the caller
+        events.warning(
+            f"could not remove this run's containers ({type(exc).__name__}: {exc}); `docker ps -a` shows them"
+        )
+
+
+@dataclass
+class _Run:
+    """What the phases of one run share."""
+
+    options: RunOptions
+    sets: dict[str, SubmissionSet]
+    ctx: RunContext
+    store: RunStore
+    finished: set[str]  # piece ids stored by an earlier, interrupted run of this folder
+    events: Events
+    jobs: int
+
+
+def _run_phase(
+    run: _Run,
+    name: str,
+    pieces: Sequence[AttackPiece | DefensePiece],
+    task_of: Callable[[Any], Task[R]],
+    store_result: Callable[[R], PieceRecord],
+    subs: dict[str, Submission],
+) -> int:
+    """Runs the pieces not finished yet, in order, `jobs` at a time (with GPUs: also one GPU piece per GPU, for
+    submissions that name a `container_gpu`); each result is stored as soon as it comes. Returns how many pieces
+    were finished before (a resume keeps them)."""
+    todo = [piece for piece in pieces if piece.piece_id not in run.finished]
+    run.events.phase(name, len(pieces), len(pieces) - len(todo))
+    tasks = [_retrying_host_faults(task_of(piece), run.ctx.runtime, run.options, run.events) for piece in todo]
+    wants_gpu = [bool(run.options.gpus and subs[piece.submission_id].metadata.container_gpu) for piece in todo]
+    for result in run_tasks(tasks, run.jobs, run.options.gpus, wants_gpu=wants_gpu):
+        run.events.piece_done(store_result(result))
+    return len(pieces) - len(todo)
+
+
+def _run_attacks(run: _Run) -> int:
+    options, sets = run.options, run.sets
     subs = {s.id: s for kind in ("attack", "targeted_attack") for s in sets[kind].submissions}
     pieces = plan_attack_pieces(
         [s.id for s in sets["attack"].submissions],
         [s.id for s in sets["targeted_attack"].submissions],
-        [r.image_id for r in dataset.records],
+        [r.image_id for r in run.ctx.dataset.records],
         options.batch_size,
         options.epsilon,
         options.seed,
         options.attack_piece_size,
     )
-    todo = [p for p in pieces if p.piece_id not in finished]
-    events.phase("attacks", len(pieces), len(pieces) - len(todo))
-    tasks: list[Callable] = [
-        _retrying_host_faults(
-            partial(_attack_task, piece, subs[piece.submission_id], dataset, ctx, runtime), runtime, options, events
-        )
-        for piece in todo
-    ]
-    for result in run_tasks(tasks, options.jobs, options.gpus):
-        store.save_adversarial_pngs(result.pngs)
-        store.record_attack_piece(result.record, result.images)
-        events.piece_done(result.record)
-    return len(pieces) - len(todo)
+
+    def store_result(result: AttackPieceResult) -> PieceRecord:
+        run.store.save_adversarial_pngs(result.pngs)
+        run.store.record_attack_piece(result.record, result.images)
+        return result.record
+
+    return _run_phase(
+        run,
+        "attacks",
+        pieces,
+        lambda p: partial(run_attack_piece, p, subs[p.submission_id], run.ctx),
+        store_result,
+        subs,
+    )
 
 
 HOST_FAULT_TRIES = 3
+T = TypeVar("T")
+R = TypeVar("R")
 
 
-def _retrying_host_faults(task: Callable, runtime: Runtime, options: RunOptions, events: Events) -> Callable:
+def _retrying_host_faults(task: Task[T], runtime: Runtime, options: RunOptions, events: Events) -> Task[T]:
     """Runs a piece again when the host failed it: the submission is scored only on what it did itself.
 
     A daemon that stopped answering is waited for (--docker-wait); any other host fault is retried a few times.
     When neither helps, the run stops with one line; the pieces already stored are kept for a resume.
     """
 
-    def call(gpu):
+    def call(gpu: str | None) -> T:
         for attempt in range(1, HOST_FAULT_TRIES + 1):
             try:
                 return task(gpu)
@@ -361,29 +444,23 @@ def _retrying_host_faults(task: Callable, runtime: Runtime, options: RunOptions,
                 events.warning(f"{exc}; waiting up to {options.docker_wait:g} s for it to come back (--docker-wait)")
                 if not runtime.wait_until_available(options.docker_wait):
                     raise RuntimeUnavailable(
-                        f"Docker did not answer for {options.docker_wait:g} s; start it (`docker info`) and resume "
-                        f"with --out {options.out}"
+                        "",
+                        f"Docker did not answer for {options.docker_wait:g} s",
+                        f"start it (`docker info`) and resume the run folder {options.out}",
                     ) from None
                 events.message("Docker answers again; re-running the interrupted piece")
             except HostFault as exc:
                 if attempt == HOST_FAULT_TRIES:
                     raise HostFault(
-                        f"{exc}; tried {HOST_FAULT_TRIES} times, stopping: fix the host and resume with --out "
-                        f"{options.out}"
+                        exc.where,
+                        f"{exc.problem}; tried {HOST_FAULT_TRIES} times, stopping",
+                        f"fix the host and resume the run folder {options.out}",
                     ) from None
                 events.warning(f"{exc}; the host's fault, not the submission's: trying the piece again")
                 time.sleep(2.0 * attempt)
         raise AssertionError("unreachable")
 
     return call
-
-
-def _attack_task(piece, submission, dataset, ctx, runtime, gpu):
-    return run_attack_piece(piece, submission, dataset, ctx, runtime, gpu)
-
-
-def _defense_task(piece, submission, dataset, ctx, runtime, adversarial_path, gpu):
-    return run_defense_piece(piece, submission, dataset, ctx, runtime, adversarial_path, gpu)
 
 
 def _defense_plan(options, subs, store) -> list[DefensePiece]:
@@ -406,33 +483,41 @@ def _defense_plan(options, subs, store) -> list[DefensePiece]:
     return stored + new
 
 
-def _run_defenses(options, sets, dataset, ctx, runtime, store, finished, events) -> int:
-    subs = {s.id: s for s in sets["defense"].submissions}
-    pieces = _defense_plan(options, subs, store)
-    todo = [p for p in pieces if p.piece_id not in finished]
-    todo.sort(key=lambda p: -len(p.image_hashes))  # longest first: the last pieces to finish are the short ones
-    events.phase("defenses", len(pieces), len(pieces) - len(todo))
-    tasks: list[Callable] = [
-        _retrying_host_faults(
-            partial(_defense_task, piece, subs[piece.submission_id], dataset, ctx, runtime, store.adversarial_path),
-            runtime,
-            options,
-            events,
-        )
-        for piece in todo
-    ]
-    for result in run_tasks(tasks, options.jobs, options.gpus):
-        store.record_defense_piece(result.record, result.labels)
-        events.piece_done(result.record)
-    return len(pieces) - len(todo)
+def _run_defenses(run: _Run) -> int:
+    subs = {s.id: s for s in run.sets["defense"].submissions}
+    pieces = sorted(_defense_plan(run.options, subs, run.store), key=lambda p: -len(p.image_hashes))  # longest first
+
+    def store_result(result: DefensePieceResult) -> PieceRecord:
+        run.store.record_defense_piece(result.record, result.labels)
+        return result.record
+
+    adversarial_path = run.store.adversarial_path
+    return _run_phase(
+        run,
+        "defenses",
+        pieces,
+        lambda p: partial(run_defense_piece, p, subs[p.submission_id], run.ctx, adversarial_path),
+        store_result,
+        subs,
+    )
+
+
+def incomplete_submissions(store: RunStore, ids: dict[str, list[str]]) -> list[str]:
+    """The submissions of the run with a failed piece (time limit, crash, memory): the NIPS 2017 organizers
+    ranked the others without them."""
+    taking_part = {i for kind_ids in ids.values() for i in kind_ids}
+    return sorted({p.submission_id for p in store.pieces() if p.status != "ok" and p.submission_id in taking_part})
 
 
 def write_outputs(out: Path, store: RunStore, dataset: DataSet, manifest: dict) -> dict:
     """Scores from the store, then every output file; also what `sandbox report` calls."""
     ids = {kind: [s["id"] for s in manifest["submissions"][kind]] for kind in manifest["submissions"]}
+    dropped = incomplete_submissions(store, ids) if manifest["settings"].get("drop_incomplete") else []
+    ids = {kind: [i for i in kind_ids if i not in dropped] for kind, kind_ids in ids.items()}
     scores = compute_scores(store, dataset, ids["attack"], ids["targeted_attack"], ids["defense"])
     write_nips_files(out, scores)
     results = build_results(scores, store, manifest)
+    results["dropped_incomplete"] = dropped
     write_results(out, results)
     write_report_html(out, results, store, dataset)
     return results
@@ -443,9 +528,16 @@ def rebuild_report(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
-        raise SandboxError(f"{manifest_path}: missing; pass a run folder made by `sandbox run`")
-    manifest = json.loads(manifest_path.read_text())
-    dataset = load_dataset(Path(manifest["dataset"]["path"]))
+        raise SandboxError(manifest_path, "missing", "pass a run folder made by `sandbox run`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        dataset_path = Path(manifest["dataset"]["path"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        problem = f"not a manifest written by `sandbox run` ({type(exc).__name__}: {exc})"
+        raise SandboxError(manifest_path, problem, "re-run the run folder with `sandbox run --out`") from None
+    if not (run_dir / "store.sqlite").is_file():
+        raise SandboxError(run_dir / "store.sqlite", "missing", "pass a run folder made by `sandbox run`")
+    dataset = load_dataset(dataset_path)
     store = RunStore(run_dir)
     try:
         return write_outputs(run_dir, store, dataset, manifest)

@@ -1,4 +1,4 @@
-"""Data sets (SPEC 3): a folder with `dataset.csv`, `images/IMAGEID.png` and an optional `dataset.json`."""
+"""Data sets (docs/contract.md): a folder with `dataset.csv`, `images/IMAGEID.png` and an optional `dataset.json`."""
 
 from __future__ import annotations
 
@@ -52,30 +52,30 @@ def _parse_int(csv_path: Path, line: int, column: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise DataSetError(f"{csv_path}: line {line}: {column} '{value}' is not an integer label") from None
+        raise DataSetError(csv_path, f"line {line}: {column} '{value}' is not an integer label") from None
 
 
 def _read_records(csv_path: Path) -> list[ImageRecord]:
     if not csv_path.is_file():
-        raise DataSetError(f"{csv_path}: missing; a data set needs dataset.csv with {', '.join(REQUIRED_COLUMNS)}")
+        raise DataSetError(csv_path, "missing", f"a data set needs dataset.csv with {', '.join(REQUIRED_COLUMNS)}")
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise DataSetError(f"{csv_path}: header lacks {', '.join(missing)}; add the column(s)")
+            raise DataSetError(csv_path, f"header lacks {', '.join(missing)}", "add the column(s)")
         records, seen = [], set()
         for line, row in enumerate(reader, start=2):
             image_id = row["ImageId"]
             if not _SAFE_ID.match(image_id or ""):
-                raise DataSetError(f"{csv_path}: line {line}: ImageId '{image_id}' must be letters, digits, . _ -")
+                raise DataSetError(csv_path, f"line {line}: ImageId '{image_id}' must be letters, digits, . _ -")
             if image_id in seen:
-                raise DataSetError(f"{csv_path}: line {line}: ImageId '{image_id}' appears twice; keep one row")
+                raise DataSetError(csv_path, f"line {line}: ImageId '{image_id}' appears twice", "keep one row")
             seen.add(image_id)
             true_label = _parse_int(csv_path, line, "TrueLabel", row["TrueLabel"])
             target = _parse_int(csv_path, line, "TargetClass", row["TargetClass"])
             records.append(ImageRecord(image_id, true_label, target))
     if not records:
-        raise DataSetError(f"{csv_path}: no images listed; add rows")
+        raise DataSetError(csv_path, "no images listed", "add rows")
     return records
 
 
@@ -83,7 +83,7 @@ def load_dataset(root: Path) -> DataSet:
     """Loads and checks a data set: every listed image exists, and all share one size and mode."""
     root = Path(root).resolve()
     if not root.is_dir():
-        raise DataSetError(f"{root}: no such data set folder; pass --dataset with a folder holding dataset.csv")
+        raise DataSetError(root, "no such data set folder", "give a folder that holds dataset.csv")
     records = _read_records(root / "dataset.csv")
     info: dict = {}
     info_path = root / "dataset.json"
@@ -91,31 +91,31 @@ def load_dataset(root: Path) -> DataSet:
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise DataSetError(f"{info_path}: not valid JSON ({exc}); fix or delete it") from None
+            raise DataSetError(info_path, f"not valid JSON ({exc})", "fix or delete it") from None
     size = mode = None
     for record in records:
         path = root / "images" / f"{record.image_id}.png"
         if not path.is_file() or path.is_symlink():
-            raise DataSetError(f"{path}: missing; every row of dataset.csv needs images/IMAGEID.png")
+            raise DataSetError(path, "missing", "every row of dataset.csv needs images/IMAGEID.png")
         try:
             with Image.open(path) as image:
                 this_size, this_mode = image.size, image.mode
         except OSError as exc:
-            raise DataSetError(f"{path}: not a readable PNG ({exc}); rebuild the data set") from None
+            raise DataSetError(path, f"not a readable PNG ({exc})", "rebuild the data set") from None
         if this_mode not in ("L", "RGB"):
-            raise DataSetError(f"{path}: mode {this_mode}; data set images must be L or RGB")
+            raise DataSetError(path, f"mode {this_mode}", "data set images must be L or RGB")
         if size is None:
             size, mode = this_size, this_mode
         elif (this_size, this_mode) != (size, mode):
             raise DataSetError(
-                f"{path}: {this_size} {this_mode}, but the first image is {size} {mode}; make them equal"
+                path, f"{this_size} {this_mode}, but the first image is {size} {mode}", "make them equal"
             )
     class_names = tuple(info.get("class_names", ()))
     labels = [r.true_label for r in records] + [r.target_class for r in records]
     num_classes = int(info.get("num_classes") or len(class_names) or max(labels) + 1)
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
-        raise DataSetError(f"{root / 'dataset.csv'}: label {bad[0]} outside 0..{num_classes - 1}; fix num_classes")
+        raise DataSetError(root / "dataset.csv", f"label {bad[0]} outside 0..{num_classes - 1}", "fix num_classes")
     assert size is not None and mode is not None
     name = str(info.get("name") or root.name)
     return DataSet(root, name, num_classes, tuple(records), size, mode, class_names)
@@ -127,7 +127,7 @@ def subset_dataset(source: Path, dest: Path, n: int) -> Path:
     with (source / "dataset.csv").open(newline="") as f:
         rows = list(csv.reader(f))
     if n > len(rows) - 1:
-        raise DataSetError(f"{source / 'dataset.csv'}: {len(rows) - 1} images, fewer than the {n} asked for")
+        raise DataSetError(source / "dataset.csv", f"{len(rows) - 1} images, fewer than the {n} asked for")
     (dest / "images").mkdir(parents=True)
     with (dest / "dataset.csv").open("w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows(rows[: n + 1])
@@ -148,7 +148,7 @@ def build_fashion_mnist(
     images, labels = load_split("test") if source is None else load_split("test", source)
     out = Path(out)
     if out.exists():
-        raise DataSetError(f"{out}: already exists; choose a new folder or delete it")
+        raise DataSetError(out, "already exists", "choose a new folder or delete it")
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     for label in range(len(CLASS_NAMES)):

@@ -1,10 +1,31 @@
-"""Errors meant for the user: the CLI prints their message as one line and exits non-zero."""
+"""Errors meant for the user, as one hierarchy: the CLI prints each as one line and exits 1 (see cli.py).
+
+Every error carries structured fields, so that callers never parse message text: `where` (the file, folder,
+setting or piece at fault), `problem` (what is wrong) and `fix` (what to do). Its text is
+`WHERE: PROBLEM; FIX`, the one-line form that users see.
+"""
 
 from __future__ import annotations
 
+import os
+
 
 class SandboxError(Exception):
-    """A problem the user can fix; the message names the file or setting and the fix."""
+    """A problem the user can fix; it names the file or setting, the problem and the fix."""
+
+    def __init__(self, where: str | os.PathLike[str], problem: str, fix: str = "") -> None:
+        self.where = str(where)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(self.line())
+
+    @property
+    def message(self) -> str:
+        """The problem and its fix, without the place: what a report row beside the place shows."""
+        return f"{self.problem}; {self.fix}" if self.fix else self.problem
+
+    def line(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
 
 
 class SubmissionError(SandboxError):
@@ -12,7 +33,11 @@ class SubmissionError(SandboxError):
 
 
 class DataSetError(SandboxError):
-    """A data set folder does not meet SPEC section 3."""
+    """A data set folder does not meet the data set format (docs/contract.md)."""
+
+
+class DataMissing(DataSetError):
+    """Source data (e.g. Debian's Fashion-MNIST package) is not installed."""
 
 
 class HostFault(SandboxError):

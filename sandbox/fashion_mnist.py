@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sandbox.errors import DataMissing, DataSetError
+
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = (
     "T-shirt/top",
@@ -29,7 +31,7 @@ _FILES = {
 }
 
 
-class FashionMnistMissing(FileNotFoundError):
+class FashionMnistMissing(DataMissing):
     """The Debian package is not installed."""
 
 
@@ -38,7 +40,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+        raise DataSetError(path, "not an unsigned-byte IDX file", "reinstall dataset-fashion-mnist")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -51,9 +53,9 @@ def load_split(split: str, root: Path = DEBIAN_ROOT) -> tuple[np.ndarray, np.nda
     images_path, labels_path = root / images_name, root / labels_name
     if not images_path.exists() or not labels_path.exists():
         raise FashionMnistMissing(
-            f"{images_path}: Fashion-MNIST not found; install it with `apt-get install dataset-fashion-mnist`"
+            images_path, "Fashion-MNIST not found", "install it with `apt-get install dataset-fashion-mnist`"
         )
     images, labels = _read_idx(images_path), _read_idx(labels_path)
     if len(images) != len(labels):
-        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
+        raise DataSetError(root, f"{len(images)} images but {len(labels)} labels in the {split} split")
     return images, labels

@@ -1,4 +1,4 @@
-"""Reading what a submission wrote (SPEC 6): every byte is hostile.
+"""Reading what a submission wrote: every byte is hostile.
 
 Output folders are collected as {file name: bytes} of top-level regular files only: links (hard links too),
 folders, special files and names that are not UTF-8 are listed as skipped and never followed. Reading is bounded
@@ -47,7 +47,7 @@ class _ChunkStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, target) -> int:  # type: ignore[override]
+    def readinto(self, target) -> int:
         while not self._buffer:
             try:
                 self._buffer = next(self._chunks)
@@ -85,7 +85,7 @@ def collect_tar_stream(chunks: Iterable[bytes]) -> tuple[dict[str, bytes], list[
                 member = tar.next()
                 if member is None:
                     break
-                tar.members.clear()  # tarfile keeps every member it parsed; this reader needs none of them
+                tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every member it parsed; this reader needs none of them
                 parts = [part for part in PurePosixPath(member.name).parts if part != "."]
                 if not parts:
                     continue
@@ -101,7 +101,7 @@ def collect_tar_stream(chunks: Iterable[bytes]) -> tuple[dict[str, bytes], list[
                 files[parts[0]] = extracted.read() if extracted else b""
     except tarfile.TarError as exc:
         # Docker writes this archive after the submission ended, so a broken one is the host's fault, not a score.
-        raise HostFault(f"the output archive Docker sent is unreadable ({exc})") from None
+        raise HostFault("", f"the output archive Docker sent is unreadable ({exc})") from None
     for _ in iterator:  # the members past the bound, drained unparsed so the connection ends cleanly
         pass
     return files, skipped
@@ -211,7 +211,7 @@ def _parse_label_line(line: str) -> tuple[str, int] | None:
 
 
 def parse_result_csv(data: bytes, known_names: set[str]) -> tuple[dict[str, int], int]:
-    """Parses `FILENAME,LABEL` lines (SPEC 2): returns {name: label} (first line wins) and the bad-line count.
+    """Parses `FILENAME,LABEL` lines (docs/contract.md): returns {name: label} (first line wins) and the bad-line count.
 
     A UTF-8 BOM, CRLF and spaces or tabs around fields are tolerated; `3.0`, `nan`, unknown names and paths are
     not. Lines are read lazily, so 16 MiB of empty lines costs no more memory than one line.

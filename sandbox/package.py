@@ -105,15 +105,15 @@ def package_submission(
     """Writes FOLDER.zip (the archive's name is the submission's id); `image` also builds it into an image."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise SandboxError(f"{folder}: not a folder; pass the submission folder that holds metadata.json")
+        raise SandboxError(folder, "not a folder", "pass the submission folder that holds metadata.json")
     root = find_root(folder)
     metadata = read_metadata(root / "metadata.json")
     out = Path(out) if out else folder.resolve().parent / f"{folder.resolve().name}.zip"
     if out.suffix != ".zip":
-        raise SandboxError(f"{out}: the archive must end in .zip; its name (without .zip) is the submission's id")
+        raise SandboxError(out, "the archive must end in .zip", "its name (without .zip) is the submission's id")
     data, files, left_out = archive_bytes(root, allow_large, skip=out.resolve())
     if metadata.entry_point not in files:
-        raise SandboxError(f"{root / metadata.entry_point}: the entry point would be left out; it must be shipped")
+        raise SandboxError(root / metadata.entry_point, "the entry point would be left out", "it must be shipped")
     write_atomically(out, data)
     result = PackageResult(out, files, left_out)
     if image or save:

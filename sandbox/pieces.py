@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,14 @@ from sandbox.submission import Submission
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every piece of a run shares."""
+    """What every piece of a run shares: the run, its data set, its limits and the runtime that runs containers."""
 
     run_id: str
     run_dir: Path
     secret: str  # keys the opaque file names; never leaves the host
     limits: Limits
+    dataset: DataSet
+    runtime: Runtime
     use_gpu: bool = False
 
 
@@ -189,7 +192,8 @@ def _piece_record(
         failed_images=failed_images,
         clipped_pixels=clipped_pixels,
         bad_lines=bad_lines,
-        skipped_files=",".join(sorted(outcome.skipped_files))[:2000],
+        skipped_files=",".join(sorted(outcome.skipped_files))[:2000],  # names, for the report; may be cut
+        skipped_count=len(outcome.skipped_files),
         isolation=outcome.isolation,
         error=outcome.error,
         stdout_tail=outcome.stdout_tail,
@@ -211,16 +215,11 @@ class AttackExecution:
 
 
 def execute_attack(
-    piece: AttackPiece,
-    submission: Submission,
-    dataset: DataSet,
-    ctx: RunContext,
-    runtime: Runtime,
-    gpu: str | None = None,
+    piece: AttackPiece, submission: Submission, ctx: RunContext, gpu: str | None = None
 ) -> AttackExecution:
     """Feeds the batch under opaque names and runs the attack; shared by the run and by `sandbox validate`."""
     work = _work_dir(ctx, piece.piece_id)
-    records = dataset.by_id()
+    records = ctx.dataset.by_id()
     try:
         names = {image_id: opaque_name(ctx.secret, piece.piece_id, image_id) for image_id in piece.image_ids}
         # In the order of the opaque names, not the data set's: creation order shows in inode numbers and times.
@@ -228,7 +227,7 @@ def execute_attack(
         clean: dict[str, np.ndarray] = {}
         for image_id in in_name_order:
             # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
-            clean[image_id], png = CLEAN_IMAGES.get(dataset, image_id)
+            clean[image_id], png = CLEAN_IMAGES.get(ctx.dataset, image_id)
             _link_or_copy(_clean_file(ctx, image_id, png), work / "input" / names[image_id])
         if piece.targeted:
             lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in in_name_order)
@@ -237,22 +236,19 @@ def execute_attack(
         time_limit = ctx.limits.time_limit(len(piece.image_ids))
         args = ("{input}", "{output}", str(piece.epsilon))
         job = _job(ctx, piece.piece_id, piece.seed, submission, work, "/output_images", args, time_limit, gpu)
-        outcome = runtime.run(job)
+        outcome = ctx.runtime.run(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return AttackExecution(outcome, names, clean, time_limit)
 
 
 def run_attack_piece(
-    piece: AttackPiece,
-    submission: Submission,
-    dataset: DataSet,
-    ctx: RunContext,
-    runtime: Runtime,
-    gpu: str | None = None,
+    piece: AttackPiece, submission: Submission, ctx: RunContext, gpu: str | None = None
 ) -> AttackPieceResult:
+    """Runs the attack, then clips, hashes and records every image it wrote; what it did not write has failed."""
     started = time.time()
-    execution = execute_attack(piece, submission, dataset, ctx, runtime, gpu)
+    dataset = ctx.dataset
+    execution = execute_attack(piece, submission, ctx, gpu)
     outcome = execution.outcome
     images, pngs = [], {}
     failed = clipped_total = 0
@@ -291,8 +287,7 @@ def execute_defense(
     seed: int,
     submission: Submission,
     ctx: RunContext,
-    runtime: Runtime,
-    inputs: dict[str, Path | bytes],
+    inputs: Mapping[str, Path | bytes],
     gpu: str | None = None,
 ) -> tuple[JobOutcome, dict[str, str], float]:
     """Feeds `inputs` (key -> a PNG file to copy, or PNG bytes) under opaque names and runs the defense.
@@ -314,30 +309,24 @@ def execute_defense(
         time_limit = ctx.limits.time_limit(len(inputs))
         args = ("{input}", "{output}/result.csv")
         job = _job(ctx, piece_id, seed, submission, work, "/output_data", args, time_limit, gpu)
-        outcome = runtime.run(job)
+        outcome = ctx.runtime.run(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return outcome, by_name, time_limit
 
 
 def run_defense_piece(
-    piece: DefensePiece,
-    submission: Submission,
-    dataset: DataSet,
-    ctx: RunContext,
-    runtime: Runtime,
-    adversarial_path,
-    gpu: str | None = None,
+    piece: DefensePiece, submission: Submission, ctx: RunContext, adversarial_path, gpu: str | None = None
 ) -> DefensePieceResult:
     """`adversarial_path(sha256)` gives the stored PNG of an image (the store's layout, passed in as data)."""
     started = time.time()
     inputs: dict[str, Path | bytes] = {sha: adversarial_path(sha) for sha in piece.image_hashes}
-    outcome, by_name, time_limit = execute_defense(piece.piece_id, piece.seed, submission, ctx, runtime, inputs, gpu)
+    outcome, by_name, time_limit = execute_defense(piece.piece_id, piece.seed, submission, ctx, inputs, gpu)
     parsed, bad_lines = parse_result_csv(outcome.files.get("result.csv", b""), set(by_name))
     labels: dict[str, int | None] = {}
     for name, sha in by_name.items():
         label = parsed.get(name)
-        labels[sha] = label if label is not None and 0 <= label < dataset.num_classes else None
+        labels[sha] = label if label is not None and 0 <= label < ctx.dataset.num_classes else None
     missing = sum(1 for label in labels.values() if label is None)
     record = _piece_record(
         piece.piece_id,

@@ -1,4 +1,4 @@
-"""Work pieces as plain frozen data (SPEC 1, 4.2): batching and the epsilon schedule.
+"""Work pieces as plain frozen data: batching and the epsilon schedule.
 
 Piece ids are stable for a given set of submissions, data set and options, which is what lets a run folder be
 resumed: a piece whose id is recorded as finished is not run again.
@@ -10,6 +10,8 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from sandbox.errors import SandboxError
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,13 @@ def parse_epsilons(text: str | int | Sequence[int]) -> tuple[int, ...]:
         try:
             values = [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise ValueError(f"--epsilon '{text}': use an integer or a comma-separated list like 4,8,12,16") from None
+            raise SandboxError(
+                f"epsilon '{text}'", "not an integer", "use an integer or a list like 4,8,12,16"
+            ) from None
     else:
         values = [int(value) for value in text]
     if not values or any(not 0 <= value <= 255 for value in values):
-        raise ValueError(f"--epsilon '{text}': every epsilon must be an integer in 0..255")
+        raise SandboxError(f"epsilon '{text}'", "out of range", "every epsilon must be an integer in 0..255")
     return tuple(values)
 
 

@@ -1,4 +1,4 @@
-"""Outputs of a run (SPEC 7): the NIPS 2017 score files, results.json and report.html.
+"""Outputs of a run: the NIPS 2017 score files, results.json and report.html.
 
 Everything here reads the store and the manifest only, so `sandbox report RUN` rebuilds it without running
 anything. Every file is written atomically.
@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import numpy as np
+from PIL import Image
 
-from sandbox.dataset import DataSet
+from sandbox.dataset import DataSet, ImageRecord
 from sandbox.outputs_read import encode_png
 from sandbox.scoring import Scores, ranking
-from sandbox.store import PieceRecord, RunStore, write_atomically
+from sandbox.store import AdversarialRecord, PieceRecord, RunStore, write_atomically
 from sandbox.timeline import time_profile, worker_timeline
 
 NIPS_FILES = (
@@ -92,7 +98,7 @@ def failures_by_submission(pieces: list[PieceRecord]) -> dict[str, dict]:
         entry["failed_images"] += piece.failed_images
         entry["clipped_pixels"] += piece.clipped_pixels
         entry["bad_result_lines"] += piece.bad_lines
-        entry["skipped_output_files"] += len(piece.skipped_files.split(",")) if piece.skipped_files else 0
+        entry["skipped_output_files"] += _skipped_count(piece)
         entry["wall_s"] = round(entry["wall_s"] + piece.wall_s, 3)
         entry["total_s"] = round(entry["total_s"] + piece.total_s, 3)
         if piece.status != "ok":
@@ -110,6 +116,13 @@ def failures_by_submission(pieces: list[PieceRecord]) -> dict[str, dict]:
     return summary
 
 
+def _skipped_count(piece: PieceRecord) -> int:
+    """The count kept with the piece; a store made before it was kept has only the (comma-joined, cut) names."""
+    if piece.skipped_count >= 0:
+        return piece.skipped_count
+    return len(piece.skipped_files.split(",")) if piece.skipped_files else 0
+
+
 def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
     pieces = store.pieces()
     overheads = [p.total_s - p.wall_s for p in pieces]
@@ -120,6 +133,7 @@ def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
         "settings": manifest.get("settings"),
         "submissions": manifest.get("submissions"),
         "left_out": manifest.get("left_out"),
+        "excluded": manifest.get("excluded", []),
         "n_images": scores.n_images,
         "matrices": {
             "correct_on_attacks": {a: scores.correct[a] for a in scores.attacks},
@@ -132,6 +146,7 @@ def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
             "targeted_attack": scores.targeted_attack_scores(),
         },
         "normalised_scores": scores.normalised(),
+        "accuracy_by_epsilon": accuracy_by_epsilon(scores, store),
         "rankings": {
             "defense": ranking(scores.defense_scores()),
             "attack": ranking(scores.attack_scores()),
@@ -154,33 +169,240 @@ def write_results(out: Path, results: dict) -> None:
     write_atomically(out / "results.json", (json.dumps(results, indent=2, sort_keys=False) + "\n").encode())
 
 
+def accuracy_by_epsilon(scores: Scores, store: RunStore) -> dict:
+    """Per defense, how many images of each epsilon it labelled right over all attacks: how its accuracy falls as
+    the budget grows. Only delivered images count (an unfinished piece has no epsilon yet)."""
+    attacks = set(scores.attacks) | set(scores.targeted_attacks)
+    epsilon_of = {(r.submission_id, r.image_id): r.epsilon for r in store.adversarial() if r.submission_id in attacks}
+    images = Counter(epsilon_of.values())
+    epsilons = sorted(images)
+    correct = {d: dict.fromkeys(epsilons, 0) for d in scores.defenses}
+    for c in scores.classifications:
+        epsilon = epsilon_of.get((c.attack_id, c.image_id))
+        if epsilon is not None and c.predicted == c.true_label:
+            correct[c.defense_id][epsilon] += 1
+    return {
+        "epsilons": epsilons,
+        "images": [images[e] for e in epsilons],
+        "correct": {d: [correct[d][e] for e in epsilons] for d in scores.defenses},
+    }
+
+
+# -- report.html: every helper below turns results, store and data set into plain values for the template, which
+# -- only lays them out (autoescaped: ids, names, errors and logs come from submissions).
+
+KINDS = (("defense", "Defenses"), ("attack", "Attacks"), ("targeted_attack", "Targeted attacks"))
+_CHART_COLORS = ("#3b6fb6", "#c0392b", "#2e8b57", "#7b52ab", "#d68910", "#17a589", "#884ea0", "#5d6d7e")
+
+
+def submission_anchor(kind: str, submission_id: str) -> str:
+    """The fragment id of a submission's section: readable for plain ids, unique and URL-safe for any other."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", submission_id).strip("-")[:40]
+    if slug == submission_id:
+        return f"{kind}-{slug}"
+    return f"{kind}-{slug}-{hashlib.sha256(submission_id.encode()).hexdigest()[:8]}"
+
+
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSet, gallery_size: int = 8) -> None:
-    """A single offline page: leaderboards, heatmaps, a clean-vs-adversarial gallery, failures and log tails."""
-    attacks = sorted(results["scores"]["attack"]) + sorted(results["scores"]["targeted_attack"])
-    defenses = sorted(results["scores"]["defense"])
-    by_attack: dict[tuple[str, str], str] = {(r.submission_id, r.image_id): r.sha256 for r in store.adversarial()}
-    gallery = []
-    for record in dataset.records[:gallery_size]:
-        cells = []
-        for attack in attacks:
-            sha = by_attack.get((attack, record.image_id))
-            path = store.adversarial_path(sha) if sha else None
-            cells.append(_data_uri(path.read_bytes()) if path and path.is_file() else None)
-        clean = _data_uri(encode_png(dataset.load_pixels(record.image_id)))
-        gallery.append({"image_id": record.image_id, "true_label": record.true_label, "clean": clean, "cells": cells})
+def label_text(label: int | None, class_names: tuple[str, ...]) -> str:
+    """A label as a person reads it: the class name where the data set has names, with the number kept."""
+    if label is None:
+        return "no valid label"
+    if 0 <= label < len(class_names):
+        return f"{class_names[label]} ({label})"
+    return str(label)
+
+
+def limits_hit(failures: dict | None) -> list[str]:
+    """What stopped a submission's pieces, in words ("2 timeouts"): the first thing an organizer looks for. A memory
+    kill is also counted in results.json's crashes (a non-zero exit); here it is named once, as what it was."""
+    if not failures:
+        return []
+    counts = [
+        (failures["timeouts"], "timeout", "timeouts"),
+        (failures["oom_kills"], "memory kill", "memory kills"),
+        (max(0, failures["crashes"] - failures["oom_kills"]), "crash", "crashes"),
+        (failures["errors"], "error", "errors"),
+    ]
+    return [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
+
+
+def _submission_entry(kind: str, entry: dict, results: dict) -> dict:
+    sid = entry["id"]
+    failures = results["failures"].get(sid)
+    return {
+        "kind": kind,
+        "id": sid,
+        "anchor": submission_anchor(kind, sid),
+        "manifest": entry,
+        "failures": failures,
+        "limits_hit": limits_hit(failures),
+        "time": results["timing"]["per_submission"].get(sid),
+    }
+
+
+def submission_sections(results: dict) -> list[dict]:
+    """One group per kind, one entry per submission of the manifest, plus any the store ran that the manifest no
+    longer names (a run folder reported with an edited manifest): nothing that ran is hidden."""
+    manifest = results.get("submissions") or {}
+    named = {entry["id"] for entries in manifest.values() for entry in entries}
+    groups = []
+    for kind, title in KINDS:
+        entries = [_submission_entry(kind, entry, results) for entry in manifest.get(kind, [])]
+        entries += [
+            _submission_entry(kind, {"id": sid}, results)
+            for sid, failures in sorted(results["failures"].items())
+            if failures["kind"] == kind and sid not in named
+        ]
+        groups.append({"kind": kind, "title": title, "entries": entries})
+    return groups
+
+
+def _perturbation_gain(adversarial: np.ndarray, clean: np.ndarray) -> tuple[int, float | None]:
+    """The largest pixel change and the factor that stretches it to 255 (None when nothing changed)."""
+    if adversarial.shape != clean.shape:
+        return 0, None
+    delta = int(np.abs(adversarial.astype(np.int16) - clean.astype(np.int16)).max())
+    return delta, (round(255 / delta, 4) if delta else None)
+
+
+@dataclass(frozen=True)
+class _Gallery:
+    """What every gallery cell reads: the store, the data set's mode and class names, the defenses, their labels."""
+
+    store: RunStore
+    mode: str
+    names: tuple[str, ...]
+    defenses: list[str]
+    labels: dict[tuple[str, str], int | None]
+
+
+def _predictions(gallery: _Gallery, sha: str, record: ImageRecord, targeted: bool) -> list[dict]:
+    """Each defense's label for one adversarial image: right, wrong, or (a targeted attack's aim) the target."""
+    rows = []
+    for defense in gallery.defenses:
+        label = gallery.labels.get((defense, sha))
+        if (defense, sha) not in gallery.labels:
+            text, status = "not classified yet", "missing"
+        elif label == record.true_label:
+            text, status = label_text(label, gallery.names), "right"
+        elif targeted and label == record.target_class:
+            text, status = label_text(label, gallery.names), "hit"
+        else:
+            text, status = label_text(label, gallery.names), "wrong"
+        rows.append({"defense": defense, "text": text, "status": status})
+    return rows
+
+
+def _gallery_cell(
+    gallery: _Gallery, row: AdversarialRecord | None, clean: np.ndarray, record: ImageRecord, targeted: bool
+) -> dict | None:
+    """One adversarial image, its largest change and magnification (the page draws the magnified perturbation
+    from the two embedded images with CSS, so no image is embedded twice), and each defense's label."""
+    path = gallery.store.adversarial_path(row.sha256) if row else None
+    if row is None or path is None or not path.is_file():
+        return None
+    png = path.read_bytes()
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.asarray(image.convert(gallery.mode), dtype=np.uint8)
+    delta, gain = _perturbation_gain(pixels, clean)
+    return {
+        "image": _data_uri(png),
+        "epsilon": row.epsilon,
+        "failed": row.failed,
+        "max_delta": delta,
+        "gain": gain,
+        "predictions": _predictions(gallery, row.sha256, record, targeted),
+    }
+
+
+def gallery_rows(
+    store: RunStore, dataset: DataSet, attacks: list[tuple[str, str]], defenses: list[str], size: int
+) -> list[dict]:
+    """The first `size` images: clean, then per (attack, kind) the adversarial image, perturbation and labels."""
+    adversarial = {(r.submission_id, r.image_id): r for r in store.adversarial()}
+    gallery = _Gallery(store, dataset.mode, dataset.class_names, defenses, store.labels())
+    rows = []
+    for record in dataset.records[:size]:
+        clean = dataset.load_pixels(record.image_id)
+        cells = [
+            _gallery_cell(gallery, adversarial.get((a, record.image_id)), clean, record, kind == "targeted_attack")
+            for a, kind in attacks
+        ]
+        rows.append(
+            {
+                "image_id": record.image_id,
+                "true_label": label_text(record.true_label, dataset.class_names),
+                "target_class": label_text(record.target_class, dataset.class_names),
+                "clean": _data_uri(encode_png(clean)),
+                "cells": cells,
+            }
+        )
+    return rows
+
+
+def epsilon_chart(accuracy: dict, width: int = 520, height: int = 240) -> dict | None:
+    """Accuracy against epsilon as SVG polylines (coordinates computed here, so the template only draws them);
+    None with fewer than two epsilons, where there is no curve to draw."""
+    epsilons, images = accuracy["epsilons"], accuracy["images"]
+    if len(epsilons) < 2:
+        return None
+    left, right, top, bottom = 48, 150, 12, 34
+    span = epsilons[-1] - epsilons[0]
+
+    def x(epsilon: int) -> float:
+        return round(left + (width - left - right) * (epsilon - epsilons[0]) / span, 1)
+
+    def y(share: float) -> float:
+        return round(top + (height - top - bottom) * (1 - share), 1)
+
+    lines = []
+    for index, (defense, correct) in enumerate(accuracy["correct"].items()):
+        shares = [c / n if n else 0.0 for c, n in zip(correct, images, strict=True)]
+        dots = [(x(e), y(s)) for e, s in zip(epsilons, shares, strict=True)]
+        color = _CHART_COLORS[index % len(_CHART_COLORS)]
+        lines.append(
+            {"defense": defense, "points": " ".join(f"{a},{b}" for a, b in dots), "dots": dots, "color": color}
+        )
+    return {
+        "width": width,
+        "height": height,
+        "lines": lines,
+        "x_ticks": [(x(e), e) for e in epsilons],
+        "y_ticks": [(y(s), f"{100 * s:.0f}%") for s in (0, 0.25, 0.5, 0.75, 1)],
+        "plot": {"left": left, "right": width - right, "top": top, "bottom": height - bottom},
+    }
+
+
+def _heatmaps(results: dict) -> list[tuple[str, str, dict]]:
     matrices = results["matrices"]
     heatmaps = [
-        ("Correctly classified images: attacks x defenses", matrices["correct_on_attacks"]),
-        ("Correctly classified images: targeted attacks x defenses", matrices["correct_on_targeted_attacks"]),
-        ("Target class hits: targeted attacks x defenses", matrices["hit_target_class"]),
+        ("Correctly classified images: attacks x defenses", "attack", matrices["correct_on_attacks"]),
+        (
+            "Correctly classified images: targeted attacks x defenses",
+            "targeted_attack",
+            matrices["correct_on_targeted_attacks"],
+        ),
+        ("Target class hits: targeted attacks x defenses", "targeted_attack", matrices["hit_target_class"]),
     ]
+    return [heatmap for heatmap in heatmaps if heatmap[2]]
+
+
+def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSet, gallery_size: int = 8) -> None:
+    """A single offline page (no network, no script): leaderboards, heatmaps, accuracy against epsilon, a gallery
+    with perturbations and labels, each submission's limits, failures, log and time, and what was left out."""
+    attacks = [(a, "attack") for a in sorted(results["scores"]["attack"])]
+    attacks += [(t, "targeted_attack") for t in sorted(results["scores"]["targeted_attack"])]
+    defenses = sorted(results["scores"]["defense"])
+    accuracy = results.get("accuracy_by_epsilon") or {"epsilons": [], "images": [], "correct": {}}
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True
     )
+    environment.globals["anchor"] = submission_anchor
+    sections = submission_sections(results)
     html = environment.get_template("report.html.j2").render(
         run_id=results["run_id"],
         dataset=results["dataset"],
@@ -188,12 +410,17 @@ def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSe
         settings=results["settings"],
         rankings=results["rankings"],
         normalised=results["normalised_scores"],
-        heatmaps=[(title, matrix) for title, matrix in heatmaps if matrix],
+        heatmaps=_heatmaps(results),
         defenses=defenses,
-        gallery=gallery,
+        gallery=gallery_rows(store, dataset, attacks, defenses, gallery_size),
         gallery_attacks=attacks,
+        accuracy=accuracy,
+        chart=epsilon_chart(accuracy),
+        sections=sections,
+        by_kind={group["kind"]: {e["id"]: e for e in group["entries"]} for group in sections},
         failures=results["failures"],
         left_out=results["left_out"] or [],
+        excluded=results.get("excluded") or [],
         timeline=results["timing"]["timeline"],
         time_profile=results["timing"]["per_submission"],
     )

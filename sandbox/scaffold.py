@@ -66,17 +66,7 @@ def perturb(x: np.ndarray, epsilon: int, generator: torch.Generator, target: int
 def main(input_dir: Path, output_dir: Path, epsilon: int) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     generator = torch.Generator().manual_seed(seed())
-    targets = read_targets(input_dir)
-    for path in images(input_dir):
-        x_adv = perturb(load(path), epsilon, generator, targets.get(path.name))
-        Image.fromarray(x_adv).save(output_dir / path.name)  # same name, same size, PNG
-
-
-{targets}
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
-''',
+{attack_loop}''',
     "tensorflow": '''"""{name}: a random-sign attack in TensorFlow.
 
 Replace `perturb` with your attack; keep the folder contract.
@@ -99,7 +89,11 @@ def main(input_dir: Path, output_dir: Path, epsilon: int) -> None:
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     generator = tf.random.Generator.from_seed(seed())
-    targets = read_targets(input_dir)
+{attack_loop}''',
+}
+
+# The end of every attack template: the per-image loop and the entry point (`{targets}` is filled in per kind).
+ATTACK_LOOP = """    targets = read_targets(input_dir)
     for path in images(input_dir):
         x_adv = perturb(load(path), epsilon, generator, targets.get(path.name))
         Image.fromarray(x_adv).save(output_dir / path.name)  # same name, same size, PNG
@@ -109,8 +103,7 @@ def main(input_dir: Path, output_dir: Path, epsilon: int) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
-''',
-}
+"""
 
 READ_TARGETS = {
     "attack": '''def read_targets(input_dir: Path) -> dict[str, int]:
@@ -203,14 +196,16 @@ network, so ship your weights in this folder.
 def new_submission(kind: str, name: str, parent: Path = Path("."), framework: str = "torch") -> Path:
     """Writes PARENT/NAME with metadata.json, the entry point, a working example and a README."""
     if kind not in ("attack", "targeted_attack", "defense"):
-        raise SandboxError(f"'{kind}': choose attack, targeted_attack or defense")
+        raise SandboxError(f"type '{kind}'", "unknown", "choose attack, targeted_attack or defense")
     if framework not in IMAGES:
-        raise SandboxError(f"--framework {framework}: choose torch or tensorflow")
+        raise SandboxError(f"framework '{framework}'", "unknown", "choose torch or tensorflow")
     if not _NAME.match(name):
-        raise SandboxError(f"'{name}': a submission name is letters, digits, '.', '_' and '-' (it becomes its id)")
+        raise SandboxError(
+            f"'{name}'", "not a submission name", "use letters, digits, '.', '_' and '-' (it becomes its id)"
+        )
     folder = Path(parent) / name
     if folder.exists():
-        raise SandboxError(f"{folder}: already exists; choose another name or remove it")
+        raise SandboxError(folder, "already exists", "choose another name or remove it")
     defense = kind == "defense"
     script = "defense.py" if defense else "attack.py"
     entry = "run_defense.sh" if defense else "run_attack.sh"
@@ -218,7 +213,8 @@ def new_submission(kind: str, name: str, parent: Path = Path("."), framework: st
     if defense:
         code = DEFENSE[framework].format(name=name, head=HEAD, common=COMMON)
     else:
-        code = ATTACK[framework].format(name=name, head=HEAD, common=COMMON, targets=READ_TARGETS[kind])
+        loop = ATTACK_LOOP.format(targets=READ_TARGETS[kind])
+        code = ATTACK[framework].format(name=name, head=HEAD, common=COMMON, attack_loop=loop)
     metadata = {
         "type": kind,
         "container": IMAGES[framework],

@@ -1,4 +1,4 @@
-"""Scores with NIPS 2017 semantics (SPEC 5), computed from the run store only.
+"""Scores with NIPS 2017 semantics, computed from the run store only.
 
 correct[a, d]: images of attack a that defense d labels with TrueLabel; hit[t, d]: images of targeted attack t
 that d labels with TargetClass. A missing or invalid label is wrong (and never a hit).
@@ -65,7 +65,9 @@ def ranking(scores: dict[str, int]) -> list[tuple[str, int]]:
 def compute_scores(
     store: RunStore, dataset: DataSet, attacks: list[str], targeted_attacks: list[str], defenses: list[str]
 ) -> Scores:
-    records = dataset.by_id()
+    """Counts every (attack, defense) pair over every image of the data set. An image an attack failed is stored
+    as the clean image (so defenses classify that); a missing or invalid label counts as wrong, and so does an image
+    with nothing stored yet (a partial run's unfinished piece): a partial run's scores are not final."""
     labels = store.labels()
     by_attack: dict[str, dict[str, str]] = {}
     for row in store.adversarial():
@@ -92,7 +94,7 @@ def compute_scores(
                             defense_id,
                             record.image_id,
                             predicted,
-                            records[record.image_id].true_label,
+                            record.true_label,
                             record.target_class,
                         )
                     )

@@ -37,12 +37,16 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE TABLE IF NOT EXISTS defense_plan (
     piece_id TEXT NOT NULL, defense_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (defense_id, sha256)
 );
+CREATE TABLE IF NOT EXISTS submissions (
+    submission_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sha256 TEXT NOT NULL, added TEXT NOT NULL
+);
 """
 # Columns added after the first release: a run folder made before them is given them when it is reopened.
 ADDED_PIECE_COLUMNS = {
     "started_at": "REAL NOT NULL DEFAULT 0",
     "ended_at": "REAL NOT NULL DEFAULT 0",
     "worker": "TEXT NOT NULL DEFAULT ''",
+    "skipped_count": "INTEGER NOT NULL DEFAULT -1",
 }
 
 
@@ -71,6 +75,7 @@ class PieceRecord:
     started_at: float = 0.0  # seconds since the epoch, for the report's timeline
     ended_at: float = 0.0
     worker: str = ""  # which of the run's workers ran it
+    skipped_count: int = -1  # output entries ignored (links, folders...); -1 in stores made before it was kept
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,12 @@ class RunStore:
     def pieces(self) -> list[PieceRecord]:
         cursor = self._db.execute("SELECT * FROM pieces ORDER BY piece_id")
         names = [d[0] for d in cursor.description]
-        return [PieceRecord(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        # SQLite keeps booleans as 0/1: give them back as the record declares them.
+        return [
+            PieceRecord(**{**row, "timed_out": bool(row["timed_out"]), "oom_killed": bool(row["oom_killed"])})
+            for row in rows
+        ]
 
     def adversarial(self) -> list[AdversarialRecord]:
         rows = self._db.execute("SELECT * FROM adversarial ORDER BY submission_id, image_id").fetchall()
@@ -239,6 +249,32 @@ class RunStore:
 
     def labels(self) -> dict[tuple[str, str], int | None]:
         return {(d, s): label for d, s, label in self._db.execute("SELECT defense_id, sha256, label FROM labels")}
+
+    # -- submissions: what ran under each id, so that a changed submission is noticed and re-run
+    def submission_digests(self) -> dict[str, tuple[str, str, str]]:
+        """{id: (kind, sha256, added)} of every submission that has taken part in this run folder."""
+        rows = self._db.execute("SELECT submission_id, kind, sha256, added FROM submissions").fetchall()
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    def record_submission(self, submission_id: str, kind: str, sha256: str, added: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO submissions VALUES (?, ?, ?, ?)", (submission_id, kind, sha256, added)
+            )
+
+    def drop_submission(self, submission_id: str) -> int:
+        """Forgets every result of one submission (a resubmission runs again); returns the pieces dropped.
+
+        Its adversarial images' PNG files stay (other attacks may have written the same bytes); labels that
+        defenses gave them stay too, keyed by content, and are simply never looked up again.
+        """
+        with self._transaction():
+            dropped = self._db.execute("DELETE FROM pieces WHERE submission_id = ?", (submission_id,)).rowcount
+            self._db.execute("DELETE FROM adversarial WHERE submission_id = ?", (submission_id,))
+            self._db.execute("DELETE FROM labels WHERE defense_id = ?", (submission_id,))
+            self._db.execute("DELETE FROM defense_plan WHERE defense_id = ?", (submission_id,))
+            self._db.execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,))
+        return dropped
 
     def meta_json(self, key: str) -> object:
         value = self.get_meta(key)

@@ -61,7 +61,7 @@ def build_submission_image(archive: Path, base_image: str, content: str) -> str:
             return _tag(client, image.id, sub_id)
         except (APIError, DockerException) as exc:
             why = f"building the image of {sub_id} from {base_image} failed: {exc}"
-            raise SandboxError(f"{why}; is {base_image} available?") from None
+            raise SandboxError(base_image, why, "is it available? (`sandbox images build`)") from None
 
 
 def save_image(tag: str, dest: Path) -> Path:
@@ -104,16 +104,16 @@ def load_image_submission(tar: Path, dest: Path) -> tuple[Path, str]:
         except ImageNotFound:
             raise _refusal(tar, "Docker did not load the image its manifest names") from None
         except (APIError, DockerException, OSError) as exc:
-            raise SubmissionError(f"{tar}: cannot load it as a `docker save` image ({_one_line(exc)})") from None
+            raise SubmissionError(tar, f"cannot load it as a `docker save` image ({_one_line(exc)})") from None
     if problems:
-        raise SubmissionError(f"{tar}: Docker refused to load it ({_one_line(problems[0])})")
+        raise SubmissionError(tar, f"Docker refused to load it ({_one_line(problems[0])})")
     tag = _tag(client, image_id, submission_id(tar))
     container = client.containers.create(image_id, ["true"], network_disabled=True)
     try:
         chunks, _ = container.get_archive("/code/.")
         data = b"".join(chunks)
     except (ImageNotFound, APIError) as exc:
-        raise SubmissionError(f"{tar}: the image has no /code folder ({_one_line(exc)})") from None
+        raise SubmissionError(tar, f"the image has no /code folder ({_one_line(exc)})") from None
     finally:
         container.remove(force=True)
     dest.mkdir(parents=True)
@@ -138,7 +138,7 @@ def _one_line(text: object) -> str:
 
 
 def _refusal(tar: Path, why: str) -> SubmissionError:
-    return SubmissionError(f"{tar}: {why}; save it with `sandbox package --image --save`")
+    return SubmissionError(tar, f"{why}", "save it with `sandbox package --image --save`")
 
 
 def _copy_untagged(tar: Path, out: BinaryIO) -> str:

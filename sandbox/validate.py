@@ -13,66 +13,33 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import DataSet, load_dataset
-from sandbox.errors import SubmissionError
 from sandbox.image_names import is_sandbox_image
 from sandbox.outputs_read import decode_image, encode_png, parse_result_csv
 from sandbox.pieces import RunContext, execute_attack, execute_defense
 from sandbox.plan import AttackPiece, piece_seed
 from sandbox.runtime import Limits, make_runtime
 from sandbox.runtime.base import JobOutcome
-from sandbox.submission import (
-    Submission,
-    archive_problems,
-    check_entry_point,
-    find_root,
-    is_archive,
-    is_image_archive,
-    load_submission,
-    read_metadata,
-    submission_id,
-    unpack_archive,
-    unreadable_files,
-)
+from sandbox.submission import Finding, Findings, Level, Submission, admit, submission_id
 
-Level = Literal["error", "warning"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: Level
-    where: str
-    message: str  # what is wrong and how to fix it
-
-    def line(self) -> str:
-        return f"{self.level}: {self.where}: {self.message}"
-
-
 @dataclass
-class ValidationReport:
+class ValidationReport(Findings):
     path: str
     id: str
     type: str | None = None
     findings: list[Finding] = field(default_factory=list)
     trial: dict = field(default_factory=dict)
 
-    def add(self, level: Level, where: Path | str, message: str) -> None:
-        self.findings.append(Finding(level, str(where), message))
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.level == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.level == "warning"]
+    def add(self, level: Level, where: Path | str, problem: str, fix: str = "") -> None:
+        self.findings.append(Finding(level, str(where), problem, fix))
 
     def passed(self, strict: bool = False) -> bool:
         return not self.errors and not (strict and self.warnings)
@@ -83,10 +50,14 @@ class ValidationReport:
             "id": self.id,
             "type": self.type,
             "ok": self.passed(strict),
-            "errors": [asdict(f) for f in self.errors],
-            "warnings": [asdict(f) for f in self.warnings],
+            "errors": [_finding_dict(f) for f in self.errors],
+            "warnings": [_finding_dict(f) for f in self.warnings],
             "trial": self.trial,
         }
+
+
+def _finding_dict(finding: Finding) -> dict:
+    return {**asdict(finding), "message": finding.message}
 
 
 def _examples(names: list[str], limit: int = 3) -> str:
@@ -94,71 +65,12 @@ def _examples(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_shebang(path: Path) -> str | None:
-    """The kernel runs the entry point: a script needs `#!` and LF line ends on that line."""
-    head = path.read_bytes()[:256]
-    if head.startswith(b"\x7fELF"):
-        return None
-    if not head.startswith(b"#!"):
-        return "no #! line, so it cannot be executed; start it with `#!/bin/sh` (or `#!/usr/bin/env python3`)"
-    if b"\r" in head.split(b"\n", 1)[0]:
-        return "its #! line ends in CRLF, so the interpreter is not found; convert the file with `dos2unix`"
-    return None
-
-
-def _check_static(path: Path, report: ValidationReport, unpack_dir: Path) -> Submission | None:
-    """Archive safety, metadata, entry point, readability: what decides whether the run admits it at all."""
-    if not path.exists():
-        report.add("error", path, "no such file or folder")
-        return None
-    if is_image_archive(path):
-        try:
-            submission = load_submission(path, unpack_dir)
-        except SubmissionError as exc:
-            where, _, message = str(exc).partition(": ")
-            report.add("error", where, message)
-            return None
-        report.type = submission.type
-        return submission
-    elif is_archive(path):
-        problems = archive_problems(path)
-        for problem in problems:
-            where, _, message = problem.partition(": ")
-            report.add("error", where, message)
-        if problems:
-            return None
-        folder = unpack_dir / report.id
-        unpack_archive(path, folder)
-    elif path.is_dir():
-        folder = path
-    else:
-        report.add("error", path, "not a folder or a .zip/.tar.gz archive; package it with `sandbox package`")
-        return None
-    try:
-        root = find_root(folder)
-        metadata = read_metadata(root / "metadata.json")
-    except SubmissionError as exc:
-        where, _, message = str(exc).partition(": ")
-        report.add("error", where, message)
-        return None
-    report.type = metadata.type
-    for name in metadata.unknown_fields():
-        report.add("warning", root / "metadata.json", f"unknown field '{name}' is kept and ignored")
-    try:
-        check_entry_point(root, metadata.entry_point)
-    except SubmissionError as exc:
-        where, _, message = str(exc).partition(": ")
-        report.add("error", where, message)
-        return None
-    problem = check_shebang(root / metadata.entry_point)
-    if problem:
-        report.add("error", root / metadata.entry_point, problem)
-    unreadable = unreadable_files(root)
-    if unreadable:
-        report.add("error", unreadable[0], f"not readable by the container's user; run `chmod -R a+rX {root}`")
-    if report.errors:
-        return None
-    return Submission(id=report.id, root=root.resolve(), metadata=metadata)
+def _admit(path: Path, report: ValidationReport, unpack_dir: Path) -> Submission | None:
+    """Archive safety, metadata, entry point, readability: exactly the checks that admit it to a run."""
+    admission = admit(path, unpack_dir)
+    report.type = admission.type
+    report.findings.extend(admission.findings)
+    return admission.submission
 
 
 def _png_info(data: bytes) -> tuple[tuple[int, int], str] | None:
@@ -178,6 +90,78 @@ def _sample(dataset: DataSet, n: int) -> list[str]:
     return [records[int(i * step)].image_id for i in range(n)]
 
 
+@dataclass
+class AttackOutputs:
+    """What a trial's attack outputs hold, image by image: the names of those that fail, and what is repaired."""
+
+    missing: list[str] = field(default_factory=list)
+    not_png: list[str] = field(default_factory=list)
+    wrong_size: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    wrong_mode: list[str] = field(default_factory=list)
+    over_pixels: int = 0  # pixel values beyond epsilon (clipped by the run)
+    worst: int = 0  # the largest excess over epsilon
+
+    @property
+    def failed(self) -> int:
+        return len(self.missing) + len(self.not_png) + len(self.wrong_size) + len(self.unreadable)
+
+
+def _read_attack_outputs(
+    dataset: DataSet, outcome: JobOutcome, names: dict[str, str], clean: dict[str, np.ndarray], epsilon: int
+) -> AttackOutputs:
+    """Reads each output the way the run does (decode_image), and keeps why any image would fail."""
+    found = AttackOutputs()
+    for image_id, name in names.items():
+        data = outcome.files.get(name)
+        if data is None:
+            found.missing.append(name)
+            continue
+        if not data.startswith(PNG_MAGIC):
+            found.not_png.append(name)
+            continue
+        info = _png_info(data)
+        pixels = decode_image(data, dataset.size, dataset.mode)
+        if info is None or pixels is None:
+            if info is not None and info[0] != dataset.size:
+                found.wrong_size.append(f"{name} ({info[0][0]}x{info[0][1]})")
+            else:
+                found.unreadable.append(name)
+            continue
+        if info[1] != dataset.mode:
+            found.wrong_mode.append(f"{name} ({info[1]})")
+        excess = np.abs(pixels.astype(np.int16) - clean[image_id].astype(np.int16)) - epsilon
+        found.over_pixels += int(np.count_nonzero(excess > 0))
+        found.worst = max(found.worst, int(excess.max()))
+    return found
+
+
+def _report_attack_outputs(
+    report: ValidationReport, entry: Path, dataset: DataSet, found: AttackOutputs, n: int, epsilon: int
+) -> None:
+    """One finding per kind of problem, with examples: errors for images the run counts as failed."""
+    size = f"{dataset.size[0]}x{dataset.size[1]}"
+    errors = (
+        (
+            found.missing,
+            "output images missing",
+            "write one PNG per input image into the output folder, with the input's exact file name",
+        ),
+        (found.not_png, "outputs are not PNG files", "save with format='PNG' (JPEG loses pixels and is refused)"),
+        (found.wrong_size, "images have the wrong size", f"keep the input's size, {size}"),
+        (found.unreadable, "images cannot be decoded", ""),
+    )
+    for names, what, fix in errors:
+        if names:
+            report.add("error", entry, f"{len(names)} of {n} {what} ({_examples(names)})", fix)
+    if found.wrong_mode:
+        what = f"{len(found.wrong_mode)} of {n} images are not mode {dataset.mode} ({_examples(found.wrong_mode)})"
+        report.add("warning", entry, what, "the run converts them")
+    if found.over_pixels:
+        what = f"{found.over_pixels} pixel values exceed epsilon {epsilon} by up to {found.worst}"
+        report.add("warning", entry, what, "the run clips them to [x - eps, x + eps]")
+
+
 def _check_attack_outputs(
     report: ValidationReport,
     submission: Submission,
@@ -189,73 +173,12 @@ def _check_attack_outputs(
 ) -> tuple[bool, int]:
     """Returns (every image usable, number of failed images)."""
     entry = submission.root / submission.metadata.entry_point
-    missing, not_png, wrong_size, unreadable, wrong_mode = [], [], [], [], []
-    over_pixels, worst = 0, 0
-    for image_id, name in names.items():
-        data = outcome.files.get(name)
-        if data is None:
-            missing.append(name)
-            continue
-        if not data.startswith(PNG_MAGIC):
-            not_png.append(name)
-            continue
-        info = _png_info(data)
-        pixels = decode_image(data, dataset.size, dataset.mode)
-        if info is None or pixels is None:
-            if info is not None and info[0] != dataset.size:
-                wrong_size.append(f"{name} ({info[0][0]}x{info[0][1]})")
-            else:
-                unreadable.append(name)
-            continue
-        if info[1] != dataset.mode:
-            wrong_mode.append(f"{name} ({info[1]})")
-        excess = np.abs(pixels.astype(np.int16) - clean[image_id].astype(np.int16)) - epsilon
-        over_pixels += int(np.count_nonzero(excess > 0))
-        worst = max(worst, int(excess.max()))
-    n = len(names)
-    size = f"{dataset.size[0]}x{dataset.size[1]}"
-    if missing:
-        report.add(
-            "error",
-            entry,
-            f"{len(missing)} of {n} output images missing ({_examples(missing)}); write one "
-            "PNG per input image into the output folder, with the input's exact file name",
-        )
-    if not_png:
-        report.add(
-            "error",
-            entry,
-            f"{len(not_png)} of {n} outputs are not PNG files ({_examples(not_png)}); "
-            "save with format='PNG' (JPEG loses pixels and is refused)",
-        )
-    if wrong_size:
-        report.add(
-            "error",
-            entry,
-            f"{len(wrong_size)} of {n} images have the wrong size ({_examples(wrong_size)}); "
-            f"keep the input's size, {size}",
-        )
-    if unreadable:
-        report.add("error", entry, f"{len(unreadable)} of {n} images cannot be decoded ({_examples(unreadable)})")
-    if wrong_mode:
-        report.add(
-            "warning",
-            entry,
-            f"{len(wrong_mode)} of {n} images are not mode {dataset.mode} "
-            f"({_examples(wrong_mode)}); the run converts them",
-        )
-    if over_pixels:
-        report.add(
-            "warning",
-            entry,
-            f"{over_pixels} pixel values exceed epsilon {epsilon} by up to {worst}; the run "
-            "clips them to [x - eps, x + eps]",
-        )
+    found = _read_attack_outputs(dataset, outcome, names, clean, epsilon)
+    _report_attack_outputs(report, entry, dataset, found, len(names), epsilon)
     extra = sorted(set(outcome.files) - set(names.values()))
     if extra or outcome.skipped_files:
         report.add("warning", entry, f"unexpected outputs are ignored: {_examples(extra + outcome.skipped_files)}")
-    failed = len(missing) + len(not_png) + len(wrong_size) + len(unreadable)
-    return failed == 0, failed
+    return found.failed == 0, found.failed
 
 
 def _check_defense_outputs(
@@ -358,7 +281,7 @@ def validate_submission(
     report = ValidationReport(path=str(path), id=submission_id(path))
     work = Path(tempfile.mkdtemp(prefix="sbx-validate-"))
     try:
-        submission = _check_static(path, report, work / "unpacked")
+        submission = _admit(path, report, work / "unpacked")
         if submission is None:
             return report
         runtime = make_runtime(runtime_name, isolation, measure_memory=True)
@@ -382,13 +305,11 @@ def validate_submission(
 
 def _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed) -> None:
     sample = _sample(dataset, images)
-    ctx = RunContext(f"validate-{secrets.token_hex(4)}", work, secrets.token_hex(16), limits)
+    ctx = RunContext(f"validate-{secrets.token_hex(4)}", work, secrets.token_hex(16), limits, dataset, runtime)
     piece_id = f"validate/{submission.id}"
     if submission.type == "defense":
         inputs = {image_id: encode_png(dataset.load_pixels(image_id)) for image_id in sample}
-        outcome, by_name, time_limit = execute_defense(
-            piece_id, piece_seed(seed, piece_id), submission, ctx, runtime, inputs
-        )
+        outcome, by_name, time_limit = execute_defense(piece_id, piece_seed(seed, piece_id), submission, ctx, inputs)
         outputs_ok, accuracy = _check_defense_outputs(report, submission, dataset, outcome, by_name)
         report.trial["accuracy_on_sample"] = accuracy
     else:
@@ -396,12 +317,12 @@ def _trial(report, submission, dataset, limits, epsilon, images, runtime, work, 
             piece_id,
             submission.id,
             submission.type == "targeted_attack",
-            0,
+            (0,),
             tuple(sample),
             epsilon,
             piece_seed(seed, piece_id),
         )
-        execution = execute_attack(piece, submission, dataset, ctx, runtime)
+        execution = execute_attack(piece, submission, ctx)
         outcome, time_limit = execution.outcome, execution.time_limit
         outputs_ok, failed = _check_attack_outputs(
             report, submission, dataset, outcome, execution.names, execution.clean, epsilon

@@ -29,6 +29,17 @@ def test_docker_unreachable_is_one_line_and_exit_1(tmp_path):
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Docker is not reachable" in errors[0] and "install-docker.sh" in errors[0]
+    assert "sandbox doctor" in result.output
+    assert not (tmp_path / "run").exists(), "a run that never started leaves no run folder behind"
+
+
+def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--dataset", str(tmp_path / "no-such-data"), "--out", str(out)])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no such data set folder" in errors[0]
+    assert not out.exists()
 
 
 def test_usage_errors_exit_2(tmp_path):
@@ -131,7 +142,7 @@ def test_resume_refuses_other_scoring_settings(tmp_path):
     args = ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--out", str(tmp_path / "run")]
     assert CliRunner().invoke(main, args).exit_code == 0
     changed = CliRunner().invoke(main, [*args, "--epsilon", "8"])
-    assert changed.exit_code == 1 and "--epsilon" in changed.output
+    assert changed.exit_code == 1 and "the same epsilon" in changed.output
 
 
 def test_untrusted_text_reaches_the_terminal_without_escape_sequences_or_markup():

@@ -40,11 +40,11 @@ def needs_root() -> None:
         pytest.skip("needs root")
 
 
-def two_attacks_one_defense(tmp_path: Path, defense: str = FIXED_LABEL_DEFENSE) -> None:
+def two_attacks_one_defense(tmp_path: Path, defense: str = FIXED_LABEL_DEFENSE, **extra: str) -> None:
     attacks, targeted, defenses = folders(tmp_path)
-    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
-    write_submission(targeted, "noop_targeted", "targeted_attack", NOOP_ATTACK)
-    write_submission(defenses, "always3", "defense", defense)
+    write_submission(attacks, "noop", "attack", NOOP_ATTACK, **extra)
+    write_submission(targeted, "noop_targeted", "targeted_attack", NOOP_ATTACK, **extra)
+    write_submission(defenses, "always3", "defense", defense, **extra)
 
 
 def classification(run: Path) -> list[list[str]]:
@@ -122,7 +122,7 @@ def test_a_full_disk_stops_with_one_line_and_a_resume_gives_the_same_scores(tmp_
             run_competition(options(tmp_path, small_dataset, out=run), FillDiskAfterFirstPiece(disk / "filler"))
         message = str(error.value)
         assert "\n" not in message and message.startswith(f"{run}: no space left on device")
-        assert f"resume with --out {run}" in message
+        assert f"resume the run folder {run}" in message
         with sqlite3.connect(run / "store.sqlite") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             stored = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
@@ -238,13 +238,13 @@ def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_any
         pass
     finally:
         probe.remove(force=True)
-    two_attacks_one_defense(tmp_path)
+    two_attacks_one_defense(tmp_path, container_gpu=BASE)  # GPU submissions: every piece asks for GPU 0
     run = tmp_path / "run"
     with pytest.raises(HostFault) as error:
         run_competition(options(tmp_path, small_dataset, out=run, gpus="0"))
     message = str(error.value)
     assert "\n" not in message and "Docker failed the container" in message
-    assert f"resume with --out {run}" in message
+    assert f"resume the run folder {run}" in message
     with sqlite3.connect(run / "store.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0] == 0  # nobody was scored for it
     assert _run_containers(run) == []

@@ -16,7 +16,7 @@ from PIL import Image
 from sandbox import Limits
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import build_fashion_mnist, load_dataset, subset_dataset
-from sandbox.errors import DataSetError, SubmissionError
+from sandbox.errors import DataSetError, SandboxError, SubmissionError
 from sandbox.fashion_mnist import DEBIAN_ROOT
 from sandbox.outputs_read import clip_to_epsilon, collect_folder, decode_image, parse_result_csv, pixel_hash
 from sandbox.plan import defense_piece_count, parse_epsilons, plan_attack_pieces, plan_defense_pieces
@@ -98,7 +98,7 @@ def test_planned_defense_pieces_never_move_when_images_are_added():
 
 @pytest.mark.parametrize("bad", ["", "x", "4,300", "-1"])
 def test_bad_epsilon_is_refused(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(SandboxError, match="epsilon"):
         parse_epsilons(bad)
 
 
@@ -246,3 +246,38 @@ def test_shipped_dataset_rebuilds_identically(tmp_path: Path):
     for record in ds.records:
         ours = np.asarray(Image.open(rebuilt / "images" / f"{record.image_id}.png"))
         assert np.array_equal(ours, ds.load_pixels(record.image_id)), record.image_id
+
+
+def test_skipped_output_files_are_counted_even_when_their_names_are_cut():
+    from sandbox.reporting import failures_by_submission
+    from tests.stores import piece_record
+
+    names = ",".join(f"link{i:04d}.png" for i in range(500))[:2000]  # what the store keeps of 500 names
+    new = piece_record("attack/a/0", "attack", "a", 500, skipped_files=names, skipped_count=500)
+    old = piece_record("attack/b/0", "attack", "b", 3, skipped_files="x.png,y.png,z.png")  # a store from before
+    summary = failures_by_submission([new, old])
+    assert summary["a"]["skipped_output_files"] == 500
+    assert summary["b"]["skipped_output_files"] == 3
+
+
+def test_zip_entries_with_permissions_but_no_file_type_are_regular_files(tmp_path):
+    import json
+    import stat
+    import zipfile
+
+    from sandbox.archives import archive_problems
+
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:  # writestr stores 0o600 and no file type, as many zippers do
+        zf.writestr("metadata.json", json.dumps({"type": "attack", "container": "x", "entry_point": "run.sh"}))
+        info = zipfile.ZipInfo("run.sh")
+        info.external_attr = 0o755 << 16
+        zf.writestr(info, "#!/bin/sh\n")
+    assert archive_problems(plain) == []
+    assert load_submission(plain, tmp_path / "unpacked").metadata.entry_point == "run.sh"
+    fifo = tmp_path / "fifo.zip"
+    with zipfile.ZipFile(fifo, "w") as zf:
+        info = zipfile.ZipInfo("pipe")
+        info.external_attr = (stat.S_IFIFO | 0o644) << 16
+        zf.writestr(info, "")
+    assert [problem.problem for problem in archive_problems(fifo)] == ["'pipe' is a special file"]

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from sandbox.errors import SandboxError
+
 LABEL_APP = "org.adversarial-sandbox"
 LABEL_RUN = "org.adversarial-sandbox.run"
 LABEL_PIECE = "org.adversarial-sandbox.piece"
@@ -19,7 +21,7 @@ MAX_OUTPUT_FILE_BYTES = 64 * 1024**2
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-piece limits (SPEC 4); every one is a CLI flag and is written to the run's manifest."""
+    """Per-piece limits (docs/contract.md); every one is a CLI flag and is written to the run's manifest."""
 
     time_per_100_images: float = 500.0
     min_time: float = 60.0
@@ -39,6 +41,10 @@ class Limits:
     def threads(self) -> int:
         return max(1, math.ceil(self.cpus or 1))
 
+    def cpu_share(self) -> float:
+        """The CPUs one container gets: the set share, or (never resolved by `for_workers`) every core."""
+        return self.cpus if self.cpus is not None else float(machine_cores())
+
     def for_workers(self, workers: int) -> Limits:
         """The limits with the CPU share filled in: every caller (run, validate, benchmarks) gets the same one."""
         if self.cpus is not None:
@@ -54,7 +60,7 @@ def size_bytes(size: str) -> int:
     """`512m`, `4g`, `100k`, `1000` (bytes), as Docker reads them."""
     match = re.fullmatch(r"(\d+)([bkmg]?)", size.strip().lower())
     if not match:
-        raise ValueError(f"'{size}': use a size like 512m or 4g")
+        raise SandboxError(f"size '{size}'", "not a size", "use a size like 512m or 4g")
     return int(match.group(1)) * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
 
 

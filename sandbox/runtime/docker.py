@@ -34,8 +34,8 @@ from sandbox.runtime.base import (
 
 KEEPER_IMAGE = image_tag("base")
 DOCKER_HELP = (
-    "start it (on Debian without Docker: `sudo scripts/install-docker.sh`), check `docker info`, "
-    "or use --runtime process for trusted code"
+    "start it (on Debian without Docker: `scripts/install-docker.sh`, as root or with sudo), check "
+    "`docker info`, or use the process runtime for trusted code"
 )
 
 
@@ -46,7 +46,7 @@ def docker_client(timeout: int = 120) -> docker.DockerClient:
         client.ping()
         return client
     except (DockerException, requests.RequestException) as exc:
-        raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
+        raise RuntimeUnavailable("", f"Docker is not reachable ({type(exc).__name__})", DOCKER_HELP) from None
 
 
 def _name(run_id: str, piece_id: str) -> str:
@@ -157,11 +157,13 @@ class DockerRuntime:
         try:
             runtimes = self.client.info().get("Runtimes", {}) if oci_runtime else {}
         except (DockerException, requests.RequestException) as exc:
-            raise RuntimeUnavailable(f"Docker is not reachable ({type(exc).__name__}); {DOCKER_HELP}") from None
+            raise RuntimeUnavailable("", f"Docker is not reachable ({type(exc).__name__})", DOCKER_HELP) from None
         if oci_runtime and oci_runtime not in runtimes:
             raise RuntimeUnavailable(
-                f"Docker has no '{oci_runtime}' runtime (it has {', '.join(sorted(runtimes))}); for gVisor install "
-                "Debian's runsc, register it in /etc/docker/daemon.json and restart dockerd"
+                "",
+                f"Docker has no '{oci_runtime}' runtime (it has {', '.join(sorted(runtimes))})",
+                "for gVisor run `scripts/install-docker.sh --gvisor` (or install Debian's runsc, register it in "
+                "/etc/docker/daemon.json and restart dockerd)",
             )
 
     def isolation(self) -> str:
@@ -177,7 +179,7 @@ class DockerRuntime:
                 if not is_sandbox_image(image):
                     problems[image] = f"image {image} not found; `docker pull {image}` or `docker load` it first"
             except (DockerException, requests.RequestException) as exc:
-                raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
+                raise RuntimeUnavailable("", f"Docker stopped answering ({exc})", DOCKER_HELP) from None
         return problems
 
     def cleanup_run(self, run_id: str) -> int:
@@ -197,7 +199,7 @@ class DockerRuntime:
             for volume in self.client.volumes.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
                 removed += _removed(volume)
         except (DockerException, requests.RequestException) as exc:
-            raise RuntimeUnavailable(f"Docker stopped answering ({exc}); {DOCKER_HELP}") from None
+            raise RuntimeUnavailable("", f"Docker stopped answering ({exc})", DOCKER_HELP) from None
         return removed
 
     def _locked_down(self, labels: dict[str, str]) -> dict:
@@ -311,15 +313,15 @@ class DockerRuntime:
         try:
             return self._run(job)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise RuntimeUnavailable(f"Docker stopped answering during {job.piece_id} ({exc}); {DOCKER_HELP}") from None
+            raise RuntimeUnavailable(job.piece_id, f"Docker stopped answering ({exc})", DOCKER_HELP) from None
         except NotFound as exc:
             raise HostFault(
-                f"{job.piece_id}: its container, volume or image vanished mid-piece ({_explain(exc)})"
+                job.piece_id, f"its container, volume or image vanished mid-piece ({_explain(exc)})"
             ) from None
         except APIError as exc:
-            raise HostFault(f"{job.piece_id}: Docker failed the container ({_explain(exc)})") from None
+            raise HostFault(job.piece_id, f"Docker failed the container ({_explain(exc)})") from None
         except requests.exceptions.ReadTimeout:
-            raise HostFault(f"{job.piece_id}: Docker did not answer in time after the container ended") from None
+            raise HostFault(job.piece_id, "Docker did not answer in time after the container ended") from None
 
     def _wait(self, container, deadline: float) -> bool:
         """Waits for the container to exit; kills it at the deadline and returns whether it timed out."""
@@ -338,67 +340,74 @@ class DockerRuntime:
         return True
 
     def _run(self, job: ContainerJob) -> JobOutcome:
-        labels = {LABEL_APP: "1", LABEL_RUN: job.run_id, LABEL_PIECE: job.piece_id}
-        name = _name(job.run_id, job.piece_id)
-        limits = job.limits
-        locked_down = self._locked_down(labels)
-        volume, keeper = self._output_folder(job.run_id, limits.output_size)
+        """Create the locked-down container, run it to its exit or deadline, then read what it left."""
+        volume, keeper = self._output_folder(job.run_id, job.limits.output_size)
         container = None
         try:
-            args = [arg.format(input="/input_images", output=job.output_mount) for arg in job.args]
-            container = self.client.containers.create(
-                job.image,
-                args,
-                entrypoint=[f"./{job.entry_point}"],  # overrides any ENTRYPOINT the image sets
-                name=name,
-                working_dir="/code",
-                environment={**job.env, "HOME": "/tmp"},
-                init=True,
-                mem_limit=limits.memory,
-                memswap_limit=limits.memory,
-                nano_cpus=int(limits.cpus * 1e9),
-                pids_limit=limits.pids,
-                tmpfs=self._tmpfs_mounts(job.image, limits.tmp_size, {"/code", "/input_images", job.output_mount}),
-                volumes={
-                    job.code_dir: {"bind": "/code", "mode": "ro"},
-                    job.input_dir: {"bind": "/input_images", "mode": "ro"},
-                    volume.name: {"bind": job.output_mount, "mode": "rw"},
-                },
-                log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
-                device_requests=device_requests(job.gpus),
-                **locked_down,
-            )
+            container = self._create(job, volume.name)
             started = time.monotonic()
             container.start()
             peak = _MemoryPeak(container) if self.measure_memory else None
             timed_out = self._wait(container, started + job.time_limit_s)
             wall = time.monotonic() - started
-            memory_peak = peak.stop() if peak else None
-            container.reload()
-            state = container.attrs["State"]
-            stdout = container.logs(stdout=True, stderr=False, tail=2000)
-            stderr = container.logs(stdout=False, stderr=True, tail=2000)
-            chunks, _ = keeper.get_archive("/out/.")
-            files, skipped = collect_tar_stream(chunks)
-            keeper.reload()
-            if not keeper.attrs["State"].get("Running"):
-                # The keeper never exits by itself and the submission cannot reach it: the daemon stopped it
-                # (a shutdown, someone's `docker stop`), so the outputs may be gone and the outcome is not the
-                # submission's.
-                raise HostFault(f"{job.piece_id}: the keeper of its output folder stopped (was Docker stopped?)")
-            return JobOutcome(
-                exit_code=None if timed_out else int(state.get("ExitCode", -1)),
-                timed_out=timed_out,
-                oom_killed=bool(state.get("OOMKilled")),
-                wall_s=wall,
-                stdout_tail=tail_text(stdout, limits.log_bytes),
-                stderr_tail=tail_text(stderr, limits.log_bytes),
-                files=files,
-                skipped_files=skipped,
-                isolation=self.isolation(),
-                memory_peak_bytes=memory_peak,
-            )
+            return self._outcome(job, container, keeper, timed_out, wall, peak.stop() if peak else None)
         finally:
             # The submission has ended and its outputs are read: removing its containers and volume (~0.2 s) need
             # not hold up the next piece. `cleanup_run` waits for these removals.
             self._removals.append(self._reaper.submit(_remove, [container, keeper], volume))
+
+    def _create(self, job: ContainerJob, volume_name: str):
+        """The submission's container: read-only code and inputs, its output volume, every limit of the job."""
+        limits = job.limits
+        labels = {LABEL_APP: "1", LABEL_RUN: job.run_id, LABEL_PIECE: job.piece_id}
+        args = [arg.format(input="/input_images", output=job.output_mount) for arg in job.args]
+        return self.client.containers.create(
+            job.image,
+            args,
+            entrypoint=[f"./{job.entry_point}"],  # overrides any ENTRYPOINT the image sets
+            name=_name(job.run_id, job.piece_id),
+            working_dir="/code",
+            environment={**job.env, "HOME": "/tmp"},
+            init=True,
+            mem_limit=limits.memory,
+            memswap_limit=limits.memory,
+            nano_cpus=int(limits.cpu_share() * 1e9),
+            pids_limit=limits.pids,
+            tmpfs=self._tmpfs_mounts(job.image, limits.tmp_size, {"/code", "/input_images", job.output_mount}),
+            volumes={
+                job.code_dir: {"bind": "/code", "mode": "ro"},
+                job.input_dir: {"bind": "/input_images", "mode": "ro"},
+                volume_name: {"bind": job.output_mount, "mode": "rw"},
+            },
+            log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            device_requests=device_requests(job.gpus),
+            **self._locked_down(labels),
+        )
+
+    def _outcome(
+        self, job: ContainerJob, container, keeper, timed_out: bool, wall: float, memory_peak: int | None
+    ) -> JobOutcome:
+        """The ended container's state and log tails, and its output folder read through the keeper."""
+        container.reload()
+        state = container.attrs["State"]
+        stdout = container.logs(stdout=True, stderr=False, tail=2000)
+        stderr = container.logs(stdout=False, stderr=True, tail=2000)
+        chunks, _ = keeper.get_archive("/out/.")
+        files, skipped = collect_tar_stream(chunks)
+        keeper.reload()
+        if not keeper.attrs["State"].get("Running"):
+            # The keeper never exits by itself and the submission cannot reach it: the daemon stopped it (a
+            # shutdown, someone's `docker stop`), so the outputs may be gone and the outcome is not the submission's.
+            raise HostFault(job.piece_id, "the keeper of its output folder stopped (was Docker stopped?)")
+        return JobOutcome(
+            exit_code=None if timed_out else int(state.get("ExitCode", -1)),
+            timed_out=timed_out,
+            oom_killed=bool(state.get("OOMKilled")),
+            wall_s=wall,
+            stdout_tail=tail_text(stdout, job.limits.log_bytes),
+            stderr_tail=tail_text(stderr, job.limits.log_bytes),
+            files=files,
+            skipped_files=skipped,
+            isolation=self.isolation(),
+            memory_peak_bytes=memory_peak,
+        )

@@ -15,4 +15,4 @@ def make_runtime(name: str, isolation: str = "runc", measure_memory: bool = Fals
         from sandbox.runtime.process import ProcessRuntime
 
         return ProcessRuntime()
-    raise SandboxError(f"--runtime {name}: unknown; use docker or process")
+    raise SandboxError(f"runtime '{name}'", "unknown", "use docker or process")
