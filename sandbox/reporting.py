@@ -13,7 +13,7 @@ import io
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jinja2
@@ -69,50 +69,54 @@ def write_nips_files(out: Path, scores: Scores) -> None:
     write_atomically(out / "all_classification.csv", _csv_bytes(rows))
 
 
-def failures_by_submission(pieces: list[PieceRecord]) -> dict[str, dict]:
-    """Per submission: failed images, timeouts, crashes, memory kills, clipping, time used, and a log tail."""
-    summary: dict[str, dict] = {}
-    for piece in pieces:
-        entry = summary.setdefault(
-            piece.submission_id,
-            {
-                "kind": piece.kind,
-                "pieces": 0,
-                "pieces_failed": 0,
-                "failed_images": 0,
-                "timeouts": 0,
-                "crashes": 0,
-                "oom_kills": 0,
-                "errors": 0,
-                "clipped_pixels": 0,
-                "bad_result_lines": 0,
-                "skipped_output_files": 0,
-                "wall_s": 0.0,
-                "total_s": 0.0,
-                "isolation": piece.isolation,
-                "log_tail": "",
-                "last_error": None,
-            },
-        )
-        entry["pieces"] += 1
-        entry["failed_images"] += piece.failed_images
-        entry["clipped_pixels"] += piece.clipped_pixels
-        entry["bad_result_lines"] += piece.bad_lines
-        entry["skipped_output_files"] += _skipped_count(piece)
-        entry["wall_s"] = round(entry["wall_s"] + piece.wall_s, 3)
-        entry["total_s"] = round(entry["total_s"] + piece.total_s, 3)
+@dataclass
+class SubmissionFailures:
+    """One submission's failures and time, summed over its pieces: what results.json and the report show."""
+
+    kind: str
+    isolation: str
+    pieces: int = 0
+    pieces_failed: int = 0
+    failed_images: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    oom_kills: int = 0
+    errors: int = 0
+    clipped_pixels: int = 0
+    bad_result_lines: int = 0
+    skipped_output_files: int = 0
+    wall_s: float = 0.0
+    total_s: float = 0.0
+    log_tail: str = ""
+    last_error: str | None = None
+
+    def add(self, piece: PieceRecord) -> None:
+        self.pieces += 1
+        self.failed_images += piece.failed_images
+        self.clipped_pixels += piece.clipped_pixels
+        self.bad_result_lines += piece.bad_lines
+        self.skipped_output_files += _skipped_count(piece)
+        self.wall_s = round(self.wall_s + piece.wall_s, 3)
+        self.total_s = round(self.total_s + piece.total_s, 3)
         if piece.status != "ok":
-            entry["pieces_failed"] += 1
-            entry["timeouts"] += int(piece.timed_out)
-            entry["oom_kills"] += int(piece.oom_killed)
-            entry["errors"] += int(piece.error is not None)
-            entry["crashes"] += int(not piece.timed_out and piece.error is None)
-            entry["last_error"] = piece.error or (
+            self.pieces_failed += 1
+            self.timeouts += int(piece.timed_out)
+            self.oom_kills += int(piece.oom_killed)
+            self.errors += int(piece.error is not None)
+            self.crashes += int(not piece.timed_out and piece.error is None)
+            self.last_error = piece.error or (
                 f"timed out after {piece.time_limit_s:g} s" if piece.timed_out else f"exit code {piece.exit_code}"
             )
-            entry["log_tail"] = piece.stderr_tail[-4000:] or piece.stdout_tail[-4000:]
-        elif not entry["log_tail"]:
-            entry["log_tail"] = piece.stderr_tail[-2000:]
+            self.log_tail = piece.stderr_tail[-4000:] or piece.stdout_tail[-4000:]
+        elif not self.log_tail:
+            self.log_tail = piece.stderr_tail[-2000:]
+
+
+def failures_by_submission(pieces: list[PieceRecord]) -> dict[str, SubmissionFailures]:
+    """Per submission: failed images, timeouts, crashes, memory kills, clipping, time used, and a log tail."""
+    summary: dict[str, SubmissionFailures] = {}
+    for piece in pieces:
+        summary.setdefault(piece.submission_id, SubmissionFailures(piece.kind, piece.isolation)).add(piece)
     return summary
 
 
@@ -124,7 +128,10 @@ def _skipped_count(piece: PieceRecord) -> int:
 
 
 def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
-    pieces = store.pieces()
+    """results.json: the scores, and the failures and time of the run's submissions only (an excluded
+    submission's stored pieces are kept for later, but are not this run's)."""
+    taking_part = {entry["id"] for entries in (manifest.get("submissions") or {}).values() for entry in entries}
+    pieces = [piece for piece in store.pieces() if piece.submission_id in taking_part]
     overheads = [p.total_s - p.wall_s for p in pieces]
     return {
         "format": "adversarial-sandbox results 1",
@@ -152,7 +159,7 @@ def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
             "attack": ranking(scores.attack_scores()),
             "targeted_attack": ranking(scores.targeted_attack_scores()),
         },
-        "failures": failures_by_submission(pieces),
+        "failures": {sub_id: asdict(f) for sub_id, f in failures_by_submission(pieces).items()},
         "timing": {
             "pieces": len(pieces),
             "submission_wall_s": round(sum(p.wall_s for p in pieces), 3),

@@ -126,6 +126,7 @@ def test_exclude_rescores_without_running_anything(competition, tmp_path):
     assert _piece_starts(run) == before
     assert results["excluded"] == ["mean20", "noop"]
     assert "noop" not in results["scores"]["attack"] and "mean20" not in results["scores"]["defense"]
+    assert not {"noop", "mean20"} & set(results["failures"]), "an excluded submission's pieces are not this run's"
     assert results["scores"] == independent_scores(run)
 
 

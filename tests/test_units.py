@@ -256,8 +256,8 @@ def test_skipped_output_files_are_counted_even_when_their_names_are_cut():
     new = piece_record("attack/a/0", "attack", "a", 500, skipped_files=names, skipped_count=500)
     old = piece_record("attack/b/0", "attack", "b", 3, skipped_files="x.png,y.png,z.png")  # a store from before
     summary = failures_by_submission([new, old])
-    assert summary["a"]["skipped_output_files"] == 500
-    assert summary["b"]["skipped_output_files"] == 3
+    assert summary["a"].skipped_output_files == 500
+    assert summary["b"].skipped_output_files == 3
 
 
 def test_zip_entries_with_permissions_but_no_file_type_are_regular_files(tmp_path):
