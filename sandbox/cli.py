@@ -48,14 +48,7 @@ def _size(ctx, param, value: str | None) -> str | None:
 
 def _limits(time_limit: float, min_time_limit: float, memory: str, cpus: float, pids: int, output_size: str) -> Limits:
     """The per-piece limits from the flags that `run` and `validate` share, so both apply the same ones."""
-    return Limits(
-        time_per_100_images=time_limit,
-        min_time=min_time_limit,
-        memory=memory,
-        cpus=cpus,
-        pids=pids,
-        output_size=output_size,
-    )
+    return Limits(time_limit, min_time_limit, memory, cpus, pids, output_size)
 
 
 def _epsilons(ctx, param, value: str) -> tuple[int, ...]:
@@ -63,6 +56,12 @@ def _epsilons(ctx, param, value: str) -> tuple[int, ...]:
         return parse_epsilons(value)
     except SandboxError as exc:
         raise click.BadParameter(exc.message) from None
+
+
+def progress_bar() -> Progress:
+    """One look for every progress bar: name, bar, done/total, elapsed and the estimate of what remains."""
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    return Progress(TextColumn("[bold]{task.description}"), *columns, console=console)
 
 
 class RichEvents(Events):
@@ -82,16 +81,7 @@ class RichEvents(Events):
         self.close()
         if already_done:
             self.message(f"{name}: {already_done} of {total} pieces already done in this run folder")
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = progress_bar()
         self.progress.start()
         self.task = self.progress.add_task(name, total=total, completed=already_done)
 
@@ -304,7 +294,12 @@ def main() -> None:
     type=click.IntRange(1),
     help="Pieces run at once. Default: one per core, as many as memory holds at --memory each.",
 )
-@click.option("--gpus", default=None, help="GPUs for the containers: 'all' or ids like 0,1 (one piece per GPU).")
+@click.option(
+    "--gpus",
+    default=None,
+    help="GPUs: 'all' or ids like 0,1. Submissions with a container_gpu run one piece per GPU, beside "
+    "--jobs CPU pieces.",
+)
 @limit_options
 @_seconds(
     "--docker-wait",
@@ -526,6 +521,42 @@ def dataset_check(folder: Path) -> None:
         f"{ds.root}: {len(ds.records)} images, {ds.size[0]}x{ds.size[1]} {ds.mode}, "
         f"{ds.num_classes} classes ({ds.name})"
     )
+
+
+@dataset.command("fetch")
+@click.argument("source", metavar="CSV", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(0, 10), help="Extra tries per image.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1), help="Connect/read timeout, s.")
+@click.option("--deadline", default=120.0, show_default=True, type=click.FloatRange(0.1), help="Most seconds per try.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N rows (to try it out).")
+def dataset_fetch(source: Path, out: Path, workers: int, retries: int, timeout: float, deadline: float, limit) -> None:
+    """Download a NIPS 2017 data set (dataset/nips17/*.csv) into OUT: crop, 299x299 RGB PNG; a rerun resumes."""
+    from sandbox.fetch import FetchOptions, FetchProgress, fetch_dataset
+
+    bar = progress_bar()
+    task = bar.add_task("fetch", total=None)
+
+    def on_progress(event: FetchProgress) -> None:
+        bar.update(task, total=event.total, completed=event.done)
+
+    options = FetchOptions(
+        workers=workers,
+        retries=retries,
+        connect_timeout_s=timeout,
+        read_timeout_s=timeout,
+        deadline_s=deadline,
+        limit=limit,
+    )
+    with bar:
+        result = fetch_dataset(source, out, options, progress=on_progress)
+    images = len(result.dataset.records) if result.dataset else 0
+    summary = f"{result.out}: {result.fetched} fetched, {result.already_there} already there, "
+    summary += f"{len(result.failures)} failed; {images} images in the data set"
+    if result.failures:
+        summary += f" (each with its reason in {result.failures_csv})"
+    out_console.print(summary, highlight=False, soft_wrap=True)
 
 
 @main.group()

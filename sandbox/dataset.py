@@ -22,6 +22,8 @@ FASHION_MNIST_SEED = 2017
 
 @dataclass(frozen=True)
 class ImageRecord:
+    """One row of dataset.csv: the image's id, its true label and the target class of targeted attacks."""
+
     image_id: str
     true_label: int
     target_class: int
@@ -29,6 +31,8 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class DataSet:
+    """A checked data set folder: its records in dataset.csv order, and the size and mode every image shares."""
+
     root: Path
     name: str
     num_classes: int

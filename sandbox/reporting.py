@@ -76,19 +76,19 @@ class SubmissionFailures:
     kind: str
     isolation: str
     pieces: int = 0
-    pieces_failed: int = 0
-    failed_images: int = 0
+    wall_s: float = 0.0  # in its containers
+    total_s: float = 0.0  # with the sandbox's work around them
+    pieces_failed: int = 0  # then, of the failed pieces: why
     timeouts: int = 0
     crashes: int = 0
     oom_kills: int = 0
     errors: int = 0
+    last_error: str | None = None
+    failed_images: int = 0  # image by image
     clipped_pixels: int = 0
     bad_result_lines: int = 0
     skipped_output_files: int = 0
-    wall_s: float = 0.0
-    total_s: float = 0.0
     log_tail: str = ""
-    last_error: str | None = None
 
     def add(self, piece: PieceRecord) -> None:
         self.pieces += 1
