@@ -118,8 +118,8 @@ def defenses(parent: Path, corpus: Corpus, names: list[str]) -> None:
 
 
 def broken(parent: Path, corpus: Corpus) -> None:
-    """What organizers also receive: a wrong type, a missing entry point, an unsafe archive, a defense that
-    crashes and an attack that sleeps past its time limit."""
+    """What organizers also receive: a wrong type, a missing entry point, an unsafe archive, a model for another
+    image size, a defense that crashes and an attack that sleeps past its time limit."""
     bad = _write(parent, "bad_type", "attack", COPY)
     (bad / "metadata.json").write_text(json.dumps({"type": "attak", "container": BASE, "entry_point": "run.sh"}))
     corpus.refused["bad_type"] = "field 'type'"
@@ -130,6 +130,8 @@ def broken(parent: Path, corpus: Corpus) -> None:
         zf.writestr("metadata.json", json.dumps({"type": "attack", "container": BASE, "entry_point": "run.sh"}))
         zf.writestr("../../evil.sh", "#!/bin/sh\n")
     corpus.refused["zip_slip"] = "unsafe path '../../evil.sh'"
+    _write(parent, "imagenet_model", "defense", CONSTANT.format(label=1), input_size=[299, 299])
+    corpus.refused["imagenet_model"] = "input_size 299x299, but the data set's images are 28x28"
     _write(parent, "crashes", "defense", CRASH)
     corpus.admitted["crashes"] = "defense"
     corpus.incomplete.add("crashes")

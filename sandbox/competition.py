@@ -35,7 +35,7 @@ from sandbox.runtime import Limits, Runtime, make_runtime
 from sandbox.runtime.base import default_workers
 from sandbox.scoring import compute_scores
 from sandbox.store import PieceRecord, RunStore, write_atomically
-from sandbox.submission import LeftOut, Submission, SubmissionSet, SubmissionType
+from sandbox.submission import LeftOut, Submission, SubmissionSet, SubmissionType, size_problem
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,24 @@ def _load_all(options: RunOptions, out: Path) -> tuple[dict[str, SubmissionSet],
     return gather(per_kind, list(options.submissions), out / "submissions"), dataset
 
 
+def _leave_out(sets: dict[str, SubmissionSet], reason: Callable[[Submission], str | None]) -> None:
+    """Moves every submission with a reason (one line) to the left-out list of its kind."""
+    for subs in sets.values():
+        keep = []
+        for submission in subs.submissions:
+            why = reason(submission)
+            if why:
+                subs.left_out.append(LeftOut(submission.id, submission.root, why))
+            else:
+                keep.append(submission)
+        subs.submissions = keep
+
+
+def _check_sizes(sets: dict[str, SubmissionSet], dataset: DataSet) -> None:
+    """Leaves out the submissions that declare an input size other than the data set's."""
+    _leave_out(sets, lambda s: str(problem) if (problem := size_problem(s, dataset.size)) else None)
+
+
 def _check_images(runtime: Runtime, sets: dict[str, SubmissionSet], options: RunOptions, events: Events) -> None:
     """Builds the sandbox's own images when missing; leaves out submissions whose image cannot be found."""
     use_gpu = bool(options.gpus)
@@ -133,15 +151,7 @@ def _check_images(runtime: Runtime, sets: dict[str, SubmissionSet], options: Run
         events.message(f"building missing runtime images: {', '.join(ours)} (first run only)")
         build_images(tuple(t for t in TARGETS if image_tag(t) in ours), log=events.message)
         problems = runtime.check(images)
-    for subs in sets.values():
-        keep = []
-        for submission in subs.submissions:
-            problem = problems.get(submission.image(use_gpu))
-            if problem:
-                subs.left_out.append(LeftOut(submission.id, submission.root, f"{submission.root}: {problem}"))
-            else:
-                keep.append(submission)
-        subs.submissions = keep
+    _leave_out(sets, lambda s: f"{s.root}: {problems[s.image(use_gpu)]}" if s.image(use_gpu) in problems else None)
 
 
 def _manifest(
@@ -334,6 +344,9 @@ def _admit_all(
     ones, and writes the manifest."""
     sets, dataset = _load_all(options, out)
     excluded = exclude(sets, options.exclude)
+    _check_sizes(sets, dataset)
+    for sub_id in sorted(set(options.exclude) - set(excluded)):
+        events.warning(f"--exclude {sub_id}: no submission of this run has that id; nothing was excluded for it")
     _check_images(runtime, sets, options, events)
     added, changed = track_versions(store, sets, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     for sub_id in changed:

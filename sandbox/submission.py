@@ -38,6 +38,7 @@ class Metadata(BaseModel):
     description: str | None = None
     authors: str | list[str] | None = None
     source_model: str | None = None
+    input_size: tuple[int, int] | None = None  # (width, height) of the images it reads; checked against the data set
 
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
@@ -320,6 +321,16 @@ def _file_digest(path: Path) -> hashlib._Hash:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest
+
+
+def size_problem(submission: Submission, size: tuple[int, int]) -> SubmissionError | None:
+    """A submission that declares `input_size` runs only on a data set of that size (e.g. an ImageNet model on
+    299x299 images): refused with one line rather than failing every piece."""
+    declared = submission.metadata.input_size
+    if declared is None or tuple(declared) == tuple(size):
+        return None
+    problem = f"input_size {declared[0]}x{declared[1]}, but the data set's images are {size[0]}x{size[1]}"
+    return SubmissionError(submission.root / "metadata.json", problem, "run it on a data set of its size")
 
 
 def load_submission(path: Path, unpack_dir: Path | None = None, kind: SubmissionType | None = None) -> Submission:

@@ -25,7 +25,7 @@ from sandbox.pieces import RunContext, execute_attack, execute_defense
 from sandbox.plan import AttackPiece, piece_seed
 from sandbox.runtime import Limits, make_runtime
 from sandbox.runtime.base import JobOutcome
-from sandbox.submission import Finding, Findings, Level, Submission, admit, submission_id
+from sandbox.submission import Finding, Findings, Level, Submission, admit, size_problem, submission_id
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -284,6 +284,11 @@ def validate_submission(
         submission = _admit(path, report, work / "unpacked")
         if submission is None:
             return report
+        dataset = load_dataset(dataset_dir or default_dataset_dir())
+        wrong_size = size_problem(submission, dataset.size)
+        if wrong_size is not None:
+            report.findings.append(Finding.of(wrong_size))
+            return report
         runtime = make_runtime(runtime_name, isolation, measure_memory=True)
         image = submission.image(False)
         problems = runtime.check([image])
@@ -296,7 +301,6 @@ def validate_submission(
         if image in problems:
             report.add("error", submission.root / "metadata.json", f"container: {problems[image]}")
             return report
-        dataset = load_dataset(dataset_dir or default_dataset_dir())
         _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)

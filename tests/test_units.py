@@ -21,7 +21,7 @@ from sandbox.fashion_mnist import DEBIAN_ROOT
 from sandbox.outputs_read import clip_to_epsilon, collect_folder, decode_image, parse_result_csv, pixel_hash
 from sandbox.plan import defense_piece_count, parse_epsilons, plan_attack_pieces, plan_defense_pieces
 from sandbox.submission import load_submission, load_submissions
-from tests.submissions import NOOP_ATTACK, write_submission
+from tests.submissions import FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
 
 
 def test_epsilon_round_robin_per_batch():
@@ -281,3 +281,13 @@ def test_zip_entries_with_permissions_but_no_file_type_are_regular_files(tmp_pat
         info.external_attr = (stat.S_IFIFO | 0o644) << 16
         zf.writestr(info, "")
     assert [problem.problem for problem in archive_problems(fifo)] == ["'pipe' is a special file"]
+
+
+def test_a_submission_for_another_image_size_is_refused_before_it_runs(tmp_path):
+    from sandbox.submission import size_problem
+    from sandbox.validate import validate_submission
+
+    folder = write_submission(tmp_path, "imagenet", "defense", FIXED_LABEL_DEFENSE, input_size=[299, 299])
+    report = validate_submission(folder)  # the shipped data set is 28x28: refused before any container starts
+    assert [f.problem for f in report.errors] == ["input_size 299x299, but the data set's images are 28x28"]
+    assert size_problem(load_submission(folder), (299, 299)) is None
