@@ -559,6 +559,46 @@ def dataset_fetch(source: Path, out: Path, workers: int, retries: int, timeout: 
     out_console.print(summary, highlight=False, soft_wrap=True)
 
 
+@dataset.command("from-folder")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--labels",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="CSV with the header file,TrueLabel[,TargetClass]; file is relative to DIR.",
+)
+@click.option("--size", default="299", show_default=True, help="Output size: N (square) or WxH.")
+@click.option("--crop", default="center", show_default=True, type=click.Choice(["center", "none"]))
+@click.option("--mode", default="RGB", show_default=True, type=click.Choice(["RGB", "L"]))
+@click.option("--num-classes", default=None, type=click.IntRange(1), help="Default: the largest label plus one.")
+@click.option("--seed", default=2017, show_default=True, type=int, help="Draws TargetClass when the CSV has none.")
+@click.option("--name", default=None, help="The data set's name in reports. Default: DIR's name and image count.")
+def dataset_from_folder(
+    folder: Path, out: Path, labels: Path, size: str, crop: str, mode: str, num_classes, seed: int, name
+) -> None:
+    """Build a data set in OUT from your own images in DIR and a labels CSV: crop, resize, PNG (docs/datasets.md)."""
+    from sandbox.from_folder import FolderOptions, build_from_folder, parse_size
+
+    options = FolderOptions(parse_size(size), crop, mode, num_classes, seed, name)
+    bar = progress_bar()
+    tasks: list[TaskID] = []
+
+    def on_progress(done: int, total: int) -> None:  # the bar appears once the checks passed: no empty bar on errors
+        if not tasks:
+            tasks.append(bar.add_task("convert", total=total))
+        bar.update(tasks[0], completed=done)
+
+    with bar:
+        result = build_from_folder(folder, labels, out, options, progress=on_progress)
+    ds = result.dataset
+    summary = f"{ds.root}: {len(ds.records)} images, {ds.size[0]}x{ds.size[1]} {ds.mode}, {ds.num_classes} classes"
+    summary += f", TargetClass drawn with seed {seed}" if result.targets_drawn else ", TargetClass from the CSV"
+    if result.unlisted:
+        summary += f"; {len(result.unlisted)} files in DIR not in the CSV, left out (first: {result.unlisted[0]})"
+    out_console.print(_safe(summary), highlight=False, soft_wrap=True)
+
+
 @main.group()
 def images() -> None:
     """Build the runtime images the samples use."""
