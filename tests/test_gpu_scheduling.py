@@ -13,7 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from sandbox.executor import run_tasks
+from sandbox.runtime.base import ContainerJob, JobOutcome
 from sandbox.runtime.docker import device_requests
+from sandbox.runtime.process import ProcessRuntime
 
 WAIT = 10.0  # seconds any test waits for threads that should meet; it fails instead of hanging
 
@@ -223,3 +225,38 @@ def test_device_requests_a_gpu_piece_sends():
     (every,) = device_requests("all")
     assert every.count == -1 and every.device_ids == [] and every.capabilities == [["gpu"]]
     assert device_requests(None) == []
+
+
+class RecordingRuntime(ProcessRuntime):
+    """The process runtime, but it only records each job: no GPU container can start on this machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[ContainerJob] = []
+
+    def run(self, job: ContainerJob) -> JobOutcome:
+        self.jobs.append(job)
+        return JobOutcome(0, False, False, 0.0, "", "", files={"result.csv": b""}, isolation="recorded")
+
+
+def test_a_gpu_piece_runs_the_gpu_image_with_its_gpu_and_a_cpu_piece_the_cpu_image(tmp_path):
+    from sandbox.bundled import default_dataset_dir
+    from sandbox.dataset import load_dataset
+    from sandbox.pieces import RunContext, execute_defense
+    from sandbox.runtime.base import Limits
+    from sandbox.submission import load_submission
+    from tests.submissions import FIXED_LABEL_DEFENSE, write_submission
+
+    gpu_sub = load_submission(write_submission(tmp_path, "g", "defense", FIXED_LABEL_DEFENSE, container_gpu="x:gpu"))
+    cpu_sub = load_submission(write_submission(tmp_path, "c", "defense", FIXED_LABEL_DEFENSE))
+    runtime = RecordingRuntime()
+    dataset = load_dataset(default_dataset_dir())
+    ctx = RunContext("r", tmp_path / "run", "secret", Limits(cpus=1.0), dataset, runtime, use_gpu=True)
+    inputs = {"a": b"\x89PNG"}
+    execute_defense("defense/g/1", 1, gpu_sub, ctx, inputs, gpu="1")
+    execute_defense("defense/c/1", 1, cpu_sub, ctx, inputs, gpu=None)
+    gpu_job, cpu_job = runtime.jobs
+    assert (gpu_job.image, gpu_job.gpus) == ("x:gpu", "1")
+    assert [(r.device_ids, r.capabilities) for r in device_requests(gpu_job.gpus)] == [(["1"], [["gpu"]])]
+    assert (cpu_job.image, cpu_job.gpus) == (cpu_sub.metadata.container, None)
+    assert device_requests(cpu_job.gpus) == []
