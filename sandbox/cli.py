@@ -491,6 +491,11 @@ def report(run_dir: Path) -> None:
     """Re-score a run folder from its stored results and rewrite its outputs."""
     results = rebuild_report(run_dir)
     print_leaderboards(results)
+    if not results["complete"]:
+        console.print(
+            f"[yellow]partial run[/yellow]: these scores are not final; finish it with `sandbox run --out {run_dir}`",
+            highlight=False,
+        )
 
 
 @main.group()

@@ -135,6 +135,9 @@ def build_results(scores: Scores, store: RunStore, manifest: dict) -> dict:
     overheads = [p.total_s - p.wall_s for p in pieces]
     return {
         "format": "adversarial-sandbox results 1",
+        # The run writes its wall time into the manifest only when every piece is done: a report rebuilt from
+        # an interrupted run counts what has not run yet as wrong answers, so its scores are not final.
+        "complete": manifest.get("run_wall_s") is not None,
         "run_id": manifest.get("run_id"),
         "dataset": manifest.get("dataset"),
         "settings": manifest.get("settings"),
@@ -428,6 +431,7 @@ def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSe
         failures=results["failures"],
         left_out=results["left_out"] or [],
         excluded=results.get("excluded") or [],
+        complete=results.get("complete", True),
         timeline=results["timing"]["timeline"],
         time_profile=results["timing"]["per_submission"],
     )

@@ -260,3 +260,17 @@ def test_paths_are_printed_unbroken(tmp_path):
     result = invoke("package", folder)
     assert result.exit_code == 0
     assert result.output.splitlines() == [f"wrote {folder.parent / 'mine.zip'} (2 files)"]
+
+
+def test_report_on_an_interrupted_run_says_the_scores_are_not_final(finished_run):
+    """An interrupted run's manifest has no wall time yet (it is written when every piece is done)."""
+    assert json.loads((finished_run / "results.json").read_text())["complete"] is True
+    assert 'id="partial"' not in (finished_run / "report.html").read_text()
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    del manifest["run_wall_s"]
+    (finished_run / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("report", finished_run)
+    assert result.exit_code == 0
+    assert "partial run" in result.output and f"sandbox run --out {finished_run}" in result.output
+    assert json.loads((finished_run / "results.json").read_text())["complete"] is False
+    assert 'id="partial"' in (finished_run / "report.html").read_text()
