@@ -346,7 +346,7 @@ def _admit_all(
     excluded = exclude(sets, options.exclude)
     _check_sizes(sets, dataset)
     for sub_id in sorted(set(options.exclude) - set(excluded)):
-        events.warning(f"--exclude {sub_id}: no submission of this run has that id; nothing was excluded for it")
+        events.warning(f"excluded id {sub_id}: no submission of this run has that id; nothing was excluded for it")
     _check_images(runtime, sets, options, events)
     added, changed = track_versions(store, sets, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     for sub_id in changed:
