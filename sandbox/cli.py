@@ -26,6 +26,7 @@ from sandbox.competition import Events, RunOptions, RunResult, rebuild_report, r
 from sandbox.errors import ImageBuildError, RuntimeUnavailable, SandboxError
 from sandbox.plan import parse_epsilons
 from sandbox.runtime.base import Limits
+from sandbox.scoring import places
 from sandbox.store import PieceRecord
 
 # soft_wrap: a path or id is never folded onto two lines, whatever the terminal's (or a pipe's) width.
@@ -123,9 +124,9 @@ def _leaderboard(title: str, header: str, rows: list, normalised: dict[str, floa
         table.add_column("Name")
     table.add_column("Score", justify="right")
     table.add_column("Normalised", justify="right")
-    for rank, (sub_id, score) in enumerate(rows, start=1):
+    for place, (sub_id, score) in zip(places(rows), rows, strict=True):
         named = [_safe(names.get(sub_id, ""))] if names else []
-        table.add_row(str(rank), _safe(sub_id), *named, str(score), f"{normalised.get(sub_id, 0.0):.3f}")
+        table.add_row(str(place), _safe(sub_id), *named, str(score), f"{normalised.get(sub_id, 0.0):.3f}")
     return table
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from sandbox.dataset import DataSet, ImageRecord
 from sandbox.outputs_read import encode_png
-from sandbox.scoring import Scores, ranking
+from sandbox.scoring import Scores, places, ranking
 from sandbox.store import AdversarialRecord, PieceRecord, RunStore, write_atomically
 from sandbox.timeline import time_profile, worker_timeline
 
@@ -419,6 +419,7 @@ def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSe
         n_images=results["n_images"],
         settings=results["settings"],
         rankings=results["rankings"],
+        places={kind: places(rows) for kind, rows in results["rankings"].items()},
         normalised=results["normalised_scores"],
         heatmaps=_heatmaps(results),
         defenses=defenses,

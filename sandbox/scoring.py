@@ -62,6 +62,15 @@ def ranking(scores: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
+def places(ranked: list[tuple[str, int]] | list[list]) -> list[int]:
+    """The place of each row of a ranking, equal scores sharing one (1, 1, 3): ties are not broken by the id
+    order, which only keeps the listing stable."""
+    result: list[int] = []
+    for index, (_, score) in enumerate(ranked):
+        result.append(result[-1] if index and score == ranked[index - 1][1] else index + 1)
+    return result
+
+
 def compute_scores(
     store: RunStore, dataset: DataSet, attacks: list[str], targeted_attacks: list[str], defenses: list[str]
 ) -> Scores:

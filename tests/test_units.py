@@ -291,3 +291,12 @@ def test_a_submission_for_another_image_size_is_refused_before_it_runs(tmp_path)
     report = validate_submission(folder)  # the shipped data set is 28x28: refused before any container starts
     assert [f.problem for f in report.errors] == ["input_size 299x299, but the data set's images are 28x28"]
     assert size_problem(load_submission(folder), (299, 299)) is None
+
+
+def test_equal_scores_share_a_place():
+    from sandbox.scoring import places, ranking
+
+    ranked = ranking({"b": 5, "a": 5, "c": 3, "d": 3, "e": 1})
+    assert [name for name, _ in ranked] == ["a", "b", "c", "d", "e"]  # the listing stays stable (by id)
+    assert places(ranked) == [1, 1, 3, 3, 5]
+    assert places([]) == []
