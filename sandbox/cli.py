@@ -76,7 +76,7 @@ class RichEvents(Events):
         console.print(f"[dim]{_safe(text)}[/dim]", highlight=False)
 
     def warning(self, text: str) -> None:
-        console.print(f"[yellow]warning:[/yellow] {_safe(text)}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {_safe(text)}", highlight=False)
 
     def phase(self, name: str, total: int, already_done: int) -> None:
         self.close()
@@ -100,7 +100,6 @@ class RichEvents(Events):
             console.print(
                 f"[red]failed[/red] {_safe(record.piece_id)}: {_safe(reason)}{_safe(last)}",
                 highlight=False,
-                soft_wrap=True,
             )
         elif record.failed_images:
             console.print(
@@ -164,7 +163,7 @@ class SandboxCommands(click.Group):
         try:
             return super().invoke(ctx)
         except SandboxError as exc:
-            console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {_safe(exc)}", highlight=False)
             sys.exit(1)
 
 
@@ -426,7 +425,6 @@ def validate(
             out_console.print(
                 f"[{color}]{finding.level}:[/{color}] {_safe(finding.where)}: {_safe(finding.message)}",
                 highlight=False,
-                soft_wrap=True,
             )
         trial = report.trial
         if trial:
@@ -562,7 +560,7 @@ def dataset_fetch(source: Path, out: Path, workers: int, retries: int, timeout: 
     summary += f"{len(result.failures)} failed; {images} images in the data set"
     if result.failures:
         summary += f" (each with its reason in {result.failures_csv})"
-    out_console.print(summary, highlight=False, soft_wrap=True)
+    out_console.print(_safe(summary), highlight=False)
 
 
 @dataset.command("from-folder")
@@ -602,7 +600,7 @@ def dataset_from_folder(
     summary += f", TargetClass drawn with seed {seed}" if result.targets_drawn else ", TargetClass from the CSV"
     if result.unlisted:
         summary += f"; {len(result.unlisted)} files in DIR not in the CSV, left out (first: {result.unlisted[0]})"
-    out_console.print(_safe(summary), highlight=False, soft_wrap=True)
+    out_console.print(_safe(summary), highlight=False)
 
 
 @main.group()
@@ -669,7 +667,7 @@ def doctor(data, out, min_free, isolation) -> None:
     checks = []
     for check in run_checks(data, out, min_free, isolation):
         checks.append(check)
-        out_console.print(render(check, _safe), highlight=False, soft_wrap=True)
+        out_console.print(render(check, _safe), highlight=False)
     failed = [check.name for check in checks if check.failed]
     verdict = f"[red]not ready[/red]: fix {', '.join(failed)}" if failed else "[green]ready[/green] for `sandbox run`"
     out_console.print(verdict, highlight=False)

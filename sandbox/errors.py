@@ -10,6 +10,13 @@ from __future__ import annotations
 import os
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """Someone else's words (an exception, a daemon's answer) fit for a one-line error: whitespace collapsed, cut
+    at `limit` characters, and the exception's type where it says nothing."""
+    words = " ".join(str(text).split())[:limit]
+    return words or (type(text).__name__ if isinstance(text, BaseException) else "")
+
+
 class SandboxError(Exception):
     """A problem the user can fix; it names the file or setting, the problem and the fix."""
 

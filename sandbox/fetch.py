@@ -25,7 +25,7 @@ import urllib3
 from PIL import Image, UnidentifiedImageError
 
 from sandbox.dataset import _SAFE_ID, DataSet, load_dataset
-from sandbox.errors import DataSetError, SandboxError
+from sandbox.errors import DataSetError, SandboxError, one_line
 from sandbox.store import write_atomically
 
 SOURCE_COLUMNS = ("ImageId", "URL", "x1", "y1", "x2", "y2", "TrueLabel", "TargetClass")
@@ -174,7 +174,7 @@ def download(session: requests.Session, url: str, options: FetchOptions) -> byte
     except urllib3.exceptions.ProtocolError:
         raise FetchFailed("truncated body (connection closed early)", transient=True) from None
     except urllib3.exceptions.HTTPError as exc:
-        raise FetchFailed(f"connection failed: {_one_line(exc)}", transient=True) from None
+        raise FetchFailed(f"connection failed: {one_line(exc, 200)}", transient=True) from None
     except requests.TooManyRedirects:
         raise FetchFailed(f"more than {options.max_redirects} redirects (a redirect loop?)") from None
     except requests.Timeout as exc:
@@ -183,9 +183,9 @@ def download(session: requests.Session, url: str, options: FetchOptions) -> byte
     except requests.exceptions.ChunkedEncodingError:
         raise FetchFailed("truncated body (connection closed early)", transient=True) from None
     except requests.ConnectionError as exc:
-        raise FetchFailed(f"connection failed: {_one_line(exc)}", transient=True) from None
+        raise FetchFailed(f"connection failed: {one_line(exc, 200)}", transient=True) from None
     except requests.RequestException as exc:
-        raise FetchFailed(f"request failed: {_one_line(exc)}") from None
+        raise FetchFailed(f"request failed: {one_line(exc, 200)}") from None
 
 
 def _read_body(response: requests.Response, options: FetchOptions, deadline: float) -> bytes:
@@ -220,7 +220,7 @@ def to_png(data: bytes, box: tuple[float, float, float, float], size: int = IMAG
     except UnidentifiedImageError:
         raise FetchFailed(f"not an image ({_sniff(data)})") from None
     except Exception as exc:  # Pillow's decoders raise many kinds; one odd file must not stop the whole fetch
-        raise FetchFailed(f"not a readable image ({_one_line(exc)})") from None
+        raise FetchFailed(f"not a readable image ({one_line(exc, 200)})") from None
     w, h = rgb.size
     x1, y1, x2, y2 = box
     crop = (int(x1 * w), int(y1 * h), int(x2 * w), int(y2 * h))
@@ -240,10 +240,6 @@ def _sniff(data: bytes) -> str:
     if head.startswith((b"<?xml", b"<")):
         return "XML or markup"
     return f"unknown format, {len(data)} bytes" if data else "empty body"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _session(local: threading.local, options: FetchOptions) -> requests.Session:
@@ -344,7 +340,7 @@ def fetch_dataset(
                     error = exc.reason
                 except (OSError, SandboxError) as exc:  # a full disk or an unwritable folder: stop, resume later
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise DataSetError(images, f"cannot write {row.image_id}.png ({_one_line(exc)})") from None
+                    raise DataSetError(images, f"cannot write {row.image_id}.png ({one_line(exc, 200)})") from None
                 if error is not None:
                     result.failures.append(Failure(row.image_id, row.url, error))
                 if progress:

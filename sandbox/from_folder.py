@@ -24,8 +24,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from sandbox.dataset import _SAFE_ID, REQUIRED_COLUMNS, DataSet, load_dataset
-from sandbox.errors import DataSetError
-from sandbox.fetch import MAX_PIXELS, _one_line
+from sandbox.errors import DataSetError, one_line
+from sandbox.fetch import MAX_PIXELS
 from sandbox.store import sync_filesystem, write_atomically
 
 FILE_COLUMN = "file"
@@ -133,7 +133,7 @@ def read_labels(csv_path: Path, folder: Path) -> tuple[list[LabelRow], bool]:
     except UnicodeDecodeError:
         raise DataSetError(csv_path, "not UTF-8 text", "save the CSV as UTF-8") from None
     except csv.Error as exc:
-        raise DataSetError(csv_path, f"not a readable CSV ({_one_line(exc)})", "fix the file") from None
+        raise DataSetError(csv_path, f"not a readable CSV ({one_line(exc, 200)})", "fix the file") from None
     if not rows:
         raise DataSetError(csv_path, "no images listed", "add rows")
     return rows, has_target
@@ -183,7 +183,7 @@ def convert_image(path: Path, options: FolderOptions) -> bytes:
     except DataSetError:
         raise
     except Exception as exc:  # Pillow raises many kinds for a file that is no (whole) image
-        raise DataSetError(path, f"not a readable image ({_one_line(exc)})", "replace it or leave it out") from None
+        raise DataSetError(path, f"not a readable image ({one_line(exc, 200)})", "replace it or leave it out") from None
     if options.crop == "center":  # crop, then resize: the filter never reaches the pixels cropped away
         converted = converted.crop(center_box(*converted.size, options.size))
     resized = converted.resize(options.size, resample=Image.Resampling.LANCZOS)
@@ -248,7 +248,7 @@ def build_from_folder(
             try:
                 write_atomically(images / f"{row.image_id}.png", png, durable=False)
             except OSError as exc:
-                raise DataSetError(images, f"cannot write {row.image_id}.png ({_one_line(exc)})") from None
+                raise DataSetError(images, f"cannot write {row.image_id}.png ({one_line(exc, 200)})") from None
             if progress:
                 progress(done, len(rows))
         text = io.StringIO()
@@ -270,7 +270,9 @@ def build_from_folder(
         try:
             os.rename(tmp, out)  # onto an empty folder too; one that filled meanwhile makes this fail, not vanish
         except OSError as exc:
-            raise DataSetError(out, f"cannot create it ({_one_line(exc)})", "choose a new OUT or delete it") from None
+            raise DataSetError(
+                out, f"cannot create it ({one_line(exc, 200)})", "choose a new OUT or delete it"
+            ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

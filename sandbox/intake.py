@@ -12,10 +12,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sandbox.archives import is_archive, is_image_archive
 from sandbox.errors import SubmissionError
 from sandbox.store import RunStore
-from sandbox.submission import LeftOut, SubmissionSet, SubmissionType, admit, load_submissions, submission_id
+from sandbox.submission import (
+    LeftOut,
+    SubmissionSet,
+    SubmissionType,
+    admit,
+    duplicate_id,
+    load_submissions,
+    submission_entries,
+    submission_id,
+)
 
 ROSTER = "submissions.csv"
 KINDS = ("attack", "targeted_attack", "defense")
@@ -48,14 +56,6 @@ def read_roster(folder: Path) -> dict[str, RosterEntry]:
         raise SubmissionError(path, f"not a readable CSV ({exc})", "save it as UTF-8 `id,name,team` lines") from None
 
 
-def _entries(folder: Path) -> list[Path]:
-    return [
-        entry
-        for entry in sorted(folder.iterdir())
-        if not entry.name.startswith(".") and (entry.is_dir() or is_archive(entry) or is_image_archive(entry))
-    ]
-
-
 def load_received(folders: list[Path], unpack_dir: Path, taken: dict[str, str]) -> dict[str, SubmissionSet]:
     """Admits every entry of the given folders and sorts it by type; refused ones are left out with a reason.
 
@@ -68,18 +68,17 @@ def load_received(folders: list[Path], unpack_dir: Path, taken: dict[str, str]) 
             refused.append(LeftOut(folder.name, folder, f"{folder}: no such folder of received submissions"))
             continue
         roster = read_roster(folder)
-        for entry in _entries(folder):
+        for entry in submission_entries(folder):
             sub_id = submission_id(entry)
-            if sub_id in taken:
-                message = f"{entry}: a submission with id '{sub_id}' was already loaded; rename one of them"
-                refused.append(LeftOut(sub_id, entry, message))
+            duplicate = duplicate_id(entry, taken, None)
+            if duplicate is not None:
+                refused.append(duplicate)
                 continue
             admission = admit(entry, unpack_dir)
             kind = admission.type or "attack"
             taken[sub_id] = kind
             if admission.submission is None:
-                first = admission.errors[0]
-                sets[kind].left_out.append(LeftOut(sub_id, entry, f"{first.where}: {first.message}"))
+                sets[kind].left_out.append(LeftOut(sub_id, entry, str(admission.refusal())))
                 continue
             listed = roster.get(sub_id, RosterEntry(None, None))
             sets[kind].submissions.append(replace(admission.submission, name=listed.name, team=listed.team))

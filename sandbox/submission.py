@@ -227,6 +227,11 @@ class Admission(Findings):
         self.findings.append(Finding.of(error))
         return self
 
+    def refusal(self) -> SubmissionError:
+        """The one line a refused submission is left out with: its first error, and how many more there are."""
+        first, more = self.errors[0], len(self.errors) - 1
+        return SubmissionError(first.where, first.problem + (f" (and {more} more problems)" if more else ""), first.fix)
+
 
 def _unpacked_folder(path: Path, unpack_dir: Path | None, sub_id: str) -> tuple[Path, str | None]:
     """The folder that holds the submission, unpacked from an archive when needed, and its saved image if any."""
@@ -337,8 +342,7 @@ def load_submission(path: Path, unpack_dir: Path | None = None, kind: Submission
     """Admits one submission folder or archive, or raises its first error (`admit` gives them all)."""
     admission = admit(path, unpack_dir, kind)
     if admission.submission is None:
-        first, more = admission.errors[0], len(admission.errors) - 1
-        raise SubmissionError(first.where, first.problem + (f" (and {more} more problems)" if more else ""), first.fix)
+        raise admission.refusal()
     return admission.submission
 
 
@@ -357,14 +361,11 @@ def load_submissions(
         if not folder.is_dir():
             result.left_out.append(LeftOut(folder.name, folder, f"{folder}: no such folder of {kind} submissions"))
             continue
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith(".") or not (entry.is_dir() or is_archive(entry) or is_image_archive(entry)):
-                continue
+        for entry in submission_entries(folder):
             sub_id = submission_id(entry)
-            if sub_id in seen:
-                other = "" if seen[sub_id] == kind else f" as {_article(seen[sub_id])} {seen[sub_id]}"
-                message = f"{entry}: a submission with id '{sub_id}' was already loaded{other}; rename one of them"
-                result.left_out.append(LeftOut(sub_id, entry, message))
+            duplicate = duplicate_id(entry, seen, kind)
+            if duplicate is not None:
+                result.left_out.append(duplicate)
                 continue
             seen[sub_id] = kind
             try:
@@ -372,6 +373,26 @@ def load_submissions(
             except SubmissionError as exc:
                 result.left_out.append(LeftOut(sub_id, entry, str(exc)))
     return result
+
+
+def submission_entries(folder: Path) -> list[Path]:
+    """The entries of a folder of submissions that can be one: folders and archives, hidden ones skipped."""
+    return [
+        entry
+        for entry in sorted(folder.iterdir())
+        if not entry.name.startswith(".") and (entry.is_dir() or is_archive(entry) or is_image_archive(entry))
+    ]
+
+
+def duplicate_id(entry: Path, taken: dict[str, str], kind: str | None) -> LeftOut | None:
+    """An id names a submission in every score file and store key: one already taken in this run, in any kind,
+    is refused for the second entry (before it is unpacked). `kind` is None when it is not known yet."""
+    sub_id = submission_id(entry)
+    if sub_id not in taken:
+        return None
+    other = "" if kind is None or taken[sub_id] == kind else f" as {_article(taken[sub_id])} {taken[sub_id]}"
+    message = f"{entry}: a submission with id '{sub_id}' was already loaded{other}; rename one of them"
+    return LeftOut(sub_id, entry, message)
 
 
 def _article(word: str) -> str:

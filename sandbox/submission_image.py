@@ -19,7 +19,7 @@ from typing import BinaryIO
 from docker import DockerClient
 from docker.errors import APIError, DockerException, ImageNotFound
 
-from sandbox.errors import SandboxError, SubmissionError
+from sandbox.errors import SandboxError, SubmissionError, one_line
 from sandbox.runtime.docker import docker_client
 from sandbox.submission import submission_id
 
@@ -104,16 +104,16 @@ def load_image_submission(tar: Path, dest: Path) -> tuple[Path, str]:
         except ImageNotFound:
             raise _refusal(tar, "Docker did not load the image its manifest names") from None
         except (APIError, DockerException, OSError) as exc:
-            raise SubmissionError(tar, f"cannot load it as a `docker save` image ({_one_line(exc)})") from None
+            raise SubmissionError(tar, f"cannot load it as a `docker save` image ({one_line(exc)})") from None
     if problems:
-        raise SubmissionError(tar, f"Docker refused to load it ({_one_line(problems[0])})")
+        raise SubmissionError(tar, f"Docker refused to load it ({one_line(problems[0])})")
     tag = _tag(client, image_id, submission_id(tar))
     container = client.containers.create(image_id, ["true"], network_disabled=True)
     try:
         chunks, _ = container.get_archive("/code/.")
         data = b"".join(chunks)
     except (ImageNotFound, APIError) as exc:
-        raise SubmissionError(tar, f"the image has no /code folder ({_one_line(exc)})") from None
+        raise SubmissionError(tar, f"the image has no /code folder ({one_line(exc)})") from None
     finally:
         container.remove(force=True)
     dest.mkdir(parents=True)
@@ -133,10 +133,6 @@ def _tag(client: DockerClient, image_id: str, submission_id: str) -> str:
     return tag
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())[:300]
-
-
 def _refusal(tar: Path, why: str) -> SubmissionError:
     return SubmissionError(tar, f"{why}", "save it with `sandbox package --image --save`")
 
@@ -152,12 +148,12 @@ def _copy_untagged(tar: Path, out: BinaryIO) -> str:
     try:
         src = tarfile.open(tar, "r:")  # reads headers on demand, and file data only when asked
     except (tarfile.TarError, OSError) as exc:
-        raise _refusal(tar, f"not a `docker save` tar ({_one_line(exc)})") from None
+        raise _refusal(tar, f"not a `docker save` tar ({one_line(exc)})") from None
     try:
         with src:
             return _checked_copy(tar, src, out)
     except tarfile.TarError as exc:  # a header or a file cut short
-        raise _refusal(tar, f"not a whole `docker save` tar ({_one_line(exc)})") from None
+        raise _refusal(tar, f"not a whole `docker save` tar ({one_line(exc)})") from None
 
 
 def _checked_copy(tar: Path, src: tarfile.TarFile, out: BinaryIO) -> str:
@@ -166,7 +162,7 @@ def _checked_copy(tar: Path, src: tarfile.TarFile, out: BinaryIO) -> str:
     digest = posixpath.basename(config).removesuffix(".json")
     member = members.get(config)
     if member is None or not member.isreg() or not re.fullmatch("[0-9a-f]{64}", digest):
-        raise _refusal(tar, f"its manifest names the config {_one_line(config)[:80]!r}, not a file in the tar")
+        raise _refusal(tar, f"its manifest names the config {one_line(config)[:80]!r}, not a file in the tar")
     if hashlib.sha256(_read(tar, src, member)).hexdigest() != digest:  # Docker names the image by this hash
         raise _refusal(tar, "its image config does not match its digest")
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as copy:
@@ -203,7 +199,7 @@ def _manifest(tar: Path, src: tarfile.TarFile, members: dict[str, tarfile.TarInf
     tags = [*(tags or []), *(f"{repo}:{name}" for repo, names in repositories.items() for name in names)]
     foreign = [tag for tag in tags if not (isinstance(tag, str) and tag.startswith(f"{IMAGE_REPOSITORY}/"))]
     if foreign:
-        raise _refusal(tar, f"it names the image {_one_line(foreign[0])[:80]!r}, outside {IMAGE_REPOSITORY}/")
+        raise _refusal(tar, f"it names the image {one_line(foreign[0])[:80]!r}, outside {IMAGE_REPOSITORY}/")
     return posixpath.normpath(config).lstrip("/"), layers
 
 
@@ -217,12 +213,12 @@ def _members(tar: Path, src: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
         if name == ".":
             continue
         if not SAFE_NAME.fullmatch(name) or ".." in name.split("/") or name in members:
-            raise _refusal(tar, f"holds an unexpected or repeated file {_one_line(member.name)[:80]!r}")
+            raise _refusal(tar, f"holds an unexpected or repeated file {one_line(member.name)[:80]!r}")
         if member.issym() or member.islnk():
             if not SAFE_NAME.fullmatch(member.linkname.lstrip("/")):
-                raise _refusal(tar, f"holds an unexpected link {_one_line(member.name)[:80]!r}")
+                raise _refusal(tar, f"holds an unexpected link {one_line(member.name)[:80]!r}")
         elif not (member.isreg() or member.isdir()):
-            raise _refusal(tar, f"holds a special file {_one_line(member.name)[:80]!r}")
+            raise _refusal(tar, f"holds a special file {one_line(member.name)[:80]!r}")
         members[name] = member
     links = {name for name, member in members.items() if member.issym() or member.islnk()}
     for name in members:

@@ -19,7 +19,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
-from sandbox.errors import HostFault, RuntimeUnavailable
+from sandbox.errors import HostFault, RuntimeUnavailable, one_line
 from sandbox.image_names import image_tag, is_sandbox_image
 from sandbox.outputs_read import collect_tar_stream
 from sandbox.runtime.base import (
@@ -83,11 +83,6 @@ def _remove(containers: list, volume) -> None:
         volume.remove(force=True)
     except (DockerException, requests.RequestException):
         pass
-
-
-def _explain(exc: APIError) -> str:
-    """The daemon's own words, on one line."""
-    return " ".join(str(exc.explanation or exc).split())[:300]
 
 
 def device_requests(gpus: str | None) -> list[DeviceRequest]:
@@ -316,10 +311,10 @@ class DockerRuntime:
             raise RuntimeUnavailable(job.piece_id, f"Docker stopped answering ({exc})", DOCKER_HELP) from None
         except NotFound as exc:
             raise HostFault(
-                job.piece_id, f"its container, volume or image vanished mid-piece ({_explain(exc)})"
+                job.piece_id, f"its container, volume or image vanished mid-piece ({one_line(exc.explanation or exc)})"
             ) from None
         except APIError as exc:
-            raise HostFault(job.piece_id, f"Docker failed the container ({_explain(exc)})") from None
+            raise HostFault(job.piece_id, f"Docker failed the container ({one_line(exc.explanation or exc)})") from None
         except requests.exceptions.ReadTimeout:
             raise HostFault(job.piece_id, "Docker did not answer in time after the container ended") from None
 
