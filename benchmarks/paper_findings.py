@@ -7,7 +7,9 @@ the maximum error over black-box attacks transferred from holdout models that no
 (Step-LL, R+Step-LL, FGSM and I-FGSM on holdout_b, FGSM on base_keras). A submission is never told which defense it
 faces, so each white-box (attack, defense) pair is its own submission: the sample's code with that defense's
 model.py and weights (`fgsm__vs__adv_torch`); each black-box one is the sample's code with a holdout's files
-(`fgsm__from__holdout_b`). One competition per epsilon.
+(`fgsm__from__holdout_b`). The newer transfer attacks (MI-FGSM and its DI, TI and ensemble variants, the paper's
+"subsequent work") run as they ship, from their holdout models, for the fifth finding; "Max. Black-Box" stays the
+worst of the older ones, as in the paper's Table 4. One competition per epsilon.
 
     python benchmarks/paper_findings.py [--images N] [--out DIR] [--jobs 2]
 
@@ -43,11 +45,25 @@ WHITE_BOX = {"Step-LL": "step_ll", "R+Step-LL": "rand_step_ll", "FGSM": "fgsm", 
 TORCH_HOLDOUTS = {"holdout_b": ATTACKS / "step_ll_holdout"}
 # Samples computed on a holdout as they ship (their own framework and weights).
 SHIPPED_BLACK_BOX = {"FGSM": ("fgsm_keras", "base_keras")}
+# The transfer attacks of the work that followed the paper, as they ship: sample -> its source model(s).
+NEWER_BLACK_BOX = {
+    "mi_fgsm": "holdout_b",
+    "di_mi_fgsm": "holdout_b",
+    "ti_mi_fgsm": "holdout_b",
+    "ens_mi_fgsm": "holdout_b+holdout_b_adv",
+    "mi_fgsm_adv_holdout": "holdout_b_adv",
+}
+# The older single-step transfer attacks (the others are R+Step-LL, one step too, and I-FGSM).
+SINGLE_STEP = ("Step-LL", "FGSM")
+# Finding 5: how many points of black-box error the newer attacks must add on ens_adv_torch.
+STRONGER_BY = 3.0
 EPSILONS = (16, 32)
 # The paper's numbers quoted in docs/paper_findings.md, for the text (top-1 error %, ImageNet, Inception v3 models).
 PAPER = {
     "adv Step-LL -> R+Step-LL (white-box)": "26.6% -> 64.8%",
     "max black-box: base / adv / ens_adv": "51.2% / 40.8% / 34.0%",
+    "stronger transfer attacks": "subsequent work 'could significantly enhance transferability and reduce the "
+    "accuracy of our models' (abstract; no number there)",
 }
 
 
@@ -59,6 +75,7 @@ class AttackCell:
     attack: str  # a column of WHITE_BOX, or the black-box attack's name
     defense: str | None  # the defense it attacks white-box; None for a black-box (transfer) attack
     source_model: str
+    newer: bool = False  # one of the transfer attacks that followed the paper (finding 5)
 
 
 def _swap_model(sample: Path, model_dir: Path, dest: Path, source_model: str) -> None:
@@ -93,6 +110,10 @@ def build_submissions(root: Path) -> tuple[Path, Path, Path, list[AttackCell]]:
         sub_id = f"{sample}__from__{holdout}"
         shutil.copytree(ATTACKS / sample, attacks / sub_id)
         cells.append(AttackCell(sub_id, column, None, holdout))
+    for sample, sources in NEWER_BLACK_BOX.items():
+        sub_id = f"{sample}__from__{sources}"
+        shutil.copytree(ATTACKS / sample, attacks / sub_id)
+        cells.append(AttackCell(sub_id, sample, None, sources, newer=True))
     return attacks, targeted, defenses, cells
 
 
@@ -107,8 +128,9 @@ class PrintEvents(Events):
         print(f"{name}: {total} pieces", file=sys.stderr, flush=True)
 
 
-def error_table(results: dict, cells: list[AttackCell]) -> tuple[dict, dict]:
-    """Top-1 error % per defense: Clean, each white-box attack, max black-box; and every black-box attack's error."""
+def error_table(results: dict, cells: list[AttackCell]) -> tuple[dict, dict, dict]:
+    """Top-1 error % per defense: Clean, each white-box attack, max black-box (older attacks); and every older and
+    every newer black-box attack's error."""
     n = results["n_images"]
     correct = results["matrices"]["correct_on_attacks"]
 
@@ -117,6 +139,7 @@ def error_table(results: dict, cells: list[AttackCell]) -> tuple[dict, dict]:
 
     table: dict[str, dict[str, float]] = {d: {} for d in DEFENSE_IDS}
     black_box: dict[str, dict[str, float]] = {}
+    newer: dict[str, dict[str, float]] = {}
     for cell in cells:
         if cell.attack == "Clean":
             for defense in DEFENSE_IDS:
@@ -124,10 +147,48 @@ def error_table(results: dict, cells: list[AttackCell]) -> tuple[dict, dict]:
         elif cell.defense is not None:
             table[cell.defense][cell.attack] = error(cell.submission_id, cell.defense)
         else:
-            black_box[cell.submission_id] = {d: error(cell.submission_id, d) for d in DEFENSE_IDS}
+            errors = {d: error(cell.submission_id, d) for d in DEFENSE_IDS}
+            (newer if cell.newer else black_box)[cell.submission_id] = errors
     for defense in DEFENSE_IDS:
         table[defense]["Max. Black-Box"] = max(errors[defense] for errors in black_box.values())
-    return table, black_box
+    return table, black_box, newer
+
+
+def _strongest(attacks: dict[str, dict[str, float]], defense: str) -> tuple[str, float]:
+    """The attack with the highest error on `defense` (the first listed on a tie) and that error."""
+    name = max(attacks, key=lambda sub_id: attacks[sub_id][defense])
+    return name, attacks[name][defense]
+
+
+def judge_stronger_transfer(
+    black_box: dict[int, dict], newer: dict[int, dict], cells: list[AttackCell], defense: str = "ens_adv_torch"
+) -> dict:
+    """Finding 5, at every epsilon: the strongest newer transfer attack against the strongest older one, on the
+    ensemble adversarially trained model, with the strongest older single-step one beside them."""
+    single_step = {c.submission_id for c in cells if c.defense is None and not c.newer and c.attack in SINGLE_STEP}
+    by_epsilon = {}
+    for eps in black_box:
+        old_name, old = _strongest(black_box[eps], defense)
+        step_name, step = _strongest({k: v for k, v in black_box[eps].items() if k in single_step}, defense)
+        new_name, new = _strongest(newer[eps], defense)
+        gain = round(new - old, 1)
+        by_epsilon[eps] = {
+            "holds": gain >= STRONGER_BY,
+            "numbers": {
+                "ens_adv best older": f"{old}% ({old_name})",
+                "best older single-step": f"{step}% ({step_name})",
+                "best newer": f"{new}% ({new_name})",
+                "gain": f"{gain:+.1f} points",
+            },
+        }
+    return {
+        "statement": "5. Stronger transfer attacks (momentum, input diversity, translation invariance, ensembles of "
+        "sources) raise the ensemble adversarially trained model's black-box error significantly.",
+        "rule": f"ens_adv_torch's error under the strongest newer transfer attack is at least {STRONGER_BY:.0f} "
+        "points above its error under the strongest older one (Max. Black-Box)",
+        "holds": all(r["holds"] for r in by_epsilon.values()),
+        "by_epsilon": by_epsilon,
+    }
 
 
 def check_findings(tables: dict[int, dict]) -> list[dict]:
@@ -187,7 +248,9 @@ def check_findings(tables: dict[int, dict]) -> list[dict]:
 COLUMNS = ("Clean", *WHITE_BOX, "Max. Black-Box")
 
 
-def render_markdown(n_images: int, tables: dict[int, dict], black_box: dict[int, dict], checks: list[dict]) -> str:
+def render_markdown(
+    n_images: int, tables: dict[int, dict], black_box: dict[int, dict], newer: dict[int, dict], checks: list[dict]
+) -> str:
     lines = [
         f"# Ensemble Adversarial Training on Fashion-MNIST: top-1 error (%), {n_images} images",
         "",
@@ -204,6 +267,11 @@ def render_markdown(n_images: int, tables: dict[int, dict], black_box: dict[int,
     lines += ["", "Black-box (transfer) attacks, error (%) per defense:", ""]
     lines += ["| eps | attack | " + " | ".join(DEFENSE_IDS) + " |", "|---|---|" + "---:|" * len(DEFENSE_IDS)]
     for eps, attacks in black_box.items():
+        for sub_id, errors in attacks.items():
+            lines.append(f"| {eps} | {sub_id} | " + " | ".join(f"{errors[d]:.1f}" for d in DEFENSE_IDS) + " |")
+    lines += ["", "Newer black-box (transfer) attacks (finding 5), error (%) per defense:", ""]
+    lines += ["| eps | attack | " + " | ".join(DEFENSE_IDS) + " |", "|---|---|" + "---:|" * len(DEFENSE_IDS)]
+    for eps, attacks in newer.items():
         for sub_id, errors in attacks.items():
             lines.append(f"| {eps} | {sub_id} | " + " | ".join(f"{errors[d]:.1f}" for d in DEFENSE_IDS) + " |")
     lines += ["", "## Findings", ""]
@@ -227,7 +295,7 @@ def run_findings(n_images: int, out: Path, jobs: int = 2, epsilons: tuple[int, .
     except DataSetError as exc:
         raise SystemExit(f"--images {n_images}: {exc}") from None
     attacks, targeted, defenses, cells = build_submissions(work / "submissions")
-    tables, black_box, runs = {}, {}, {}
+    tables, black_box, newer, runs = {}, {}, {}, {}
     for eps in epsilons:
         started = time.monotonic()
         options = RunOptions(
@@ -247,18 +315,19 @@ def run_findings(n_images: int, out: Path, jobs: int = 2, epsilons: tuple[int, .
             failed = {k: v["last_error"] for k, v in result.results["failures"].items() if v["pieces_failed"]}
             left_out = [lo.error for lo in result.left_out]
             raise SystemExit(f"eps {eps}: the run did not complete: failed {failed}, left out {left_out}")
-        tables[eps], black_box[eps] = error_table(result.results, cells)
+        tables[eps], black_box[eps], newer[eps] = error_table(result.results, cells)
         runs[eps] = {"out": str(result.out), "wall_s": round(time.monotonic() - started, 1)}
         print(f"eps {eps}: {len(cells)} attacks x {len(DEFENSE_IDS)} defenses in {runs[eps]['wall_s']} s", flush=True)
     shutil.rmtree(work / "submissions")
-    checks = check_findings(tables)
-    markdown = render_markdown(n_images, tables, black_box, checks)
+    checks = [*check_findings(tables), judge_stronger_transfer(black_box, newer, cells)]
+    markdown = render_markdown(n_images, tables, black_box, newer, checks)
     findings = {
         "n_images": n_images,
         "epsilons": list(epsilons),
         "columns": list(COLUMNS),
         "error_percent": tables,
         "black_box_error_percent": black_box,
+        "newer_black_box_error_percent": newer,
         "findings": checks,
         "paper": PAPER,
         "runs": runs,

@@ -93,9 +93,37 @@ def test_each_recipe_folder_carries_its_model_py():
 
 def test_the_holdout_samples_carry_model_b_from_training_models():
     model_b = TRAINING / "models" / "model_b.py"
-    for name in ("fgsm_holdout", "step_ll_holdout"):
-        _assert_same(model_b, ATTACKS / name / "model.py")
+    holdouts = ("fgsm_holdout", "step_ll_holdout", "mi_fgsm", "di_mi_fgsm", "ti_mi_fgsm", "ens_mi_fgsm")
+    for folder in [*(ATTACKS / name for name in (*holdouts, "mi_fgsm_adv_holdout")), TARGETED / "mi_target_class"]:
+        _assert_same(model_b, folder / "model.py")
     assert sample_models.RECIPES["holdout_b"].architecture == model_b
+    assert sample_models.RECIPES["holdout_b_adv"].architecture == model_b
+
+
+def test_the_ensemble_attack_carries_each_source_it_loads():
+    """ens_mi_fgsm: holdout_b's weights as model.py's model.pt, holdout_b_adv's as holdout_b_adv.pt."""
+    folder = ATTACKS / "ens_mi_fgsm"
+    assert sample_models.ENSEMBLE_ATTACK == folder
+    _assert_same(ATTACKS / "step_ll_holdout" / "model.pt", folder / "model.pt")
+    _assert_same(ATTACKS / "mi_fgsm_adv_holdout" / "model.pt", folder / "holdout_b_adv.pt")
+    assert '"holdout_b_adv.pt"' in (folder / "attack.py").read_text()
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["holdout_b_adv.pt", "model.pt"]
+
+
+def test_every_sample_that_imports_momentum_carries_the_copy():
+    """Found from the code: the momentum iterative attacks share sample_attacks/mi_fgsm/momentum.py."""
+    source = ATTACKS / "mi_fgsm" / "momentum.py"
+    assert sample_models.MOMENTUM == source
+    users = [
+        folder
+        for folder in _samples()
+        if any("from momentum import" in py.read_text() for py in folder.glob("*.py") if py.name != "momentum.py")
+    ]
+    assert len(users) == 6, [_rel(u) for u in users]
+    for folder in users:
+        _assert_same(source, folder / "momentum.py")
+    for copy in sorted(p for folder in _samples() for p in folder.glob("momentum.py")):
+        assert copy.parent in users, f"{_rel(copy)}: nothing in its folder imports it"
 
 
 def test_the_torch_defenses_share_one_defense_py():
@@ -106,5 +134,6 @@ def test_the_torch_defenses_share_one_defense_py():
 
 
 def test_the_holdout_attacks_run_the_white_box_code():
-    for holdout, white_box in (("fgsm_holdout", "fgsm"), ("step_ll_holdout", "step_ll")):
+    pairs = (("fgsm_holdout", "fgsm"), ("step_ll_holdout", "step_ll"), ("mi_fgsm_adv_holdout", "mi_fgsm"))
+    for holdout, white_box in pairs:
         _assert_same(ATTACKS / white_box / "attack.py", ATTACKS / holdout / "attack.py")

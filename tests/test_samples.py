@@ -28,6 +28,8 @@ TRAINING_LOG = REPO / "training" / "training_log.json"
 TF_IMAGE = image_tag("tensorflow-cpu")
 # White-box samples whose model is base_torch's, and the black-box ones with a holdout's (checked identical).
 BASE_TORCH_COPIES = ("fgsm", "step_ll", "rand_step_ll", "iter_fgsm")
+# The momentum iterative transfer attacks (momentum.py), each computed on holdout models only.
+MOMENTUM_ATTACKS = ("mi_fgsm", "di_mi_fgsm", "ti_mi_fgsm", "ens_mi_fgsm", "mi_fgsm_adv_holdout")
 
 
 def _samples(parent: Path) -> list[Path]:
@@ -54,6 +56,10 @@ def _need_tf_image() -> None:
         pytest.skip(message)
 
 
+def _source_model(folder: Path) -> str:
+    return json.loads((folder / "metadata.json").read_text())["source_model"]
+
+
 def load_sample_module(folder: Path, file: str = "attack.py") -> ModuleType:
     """Imports a sample's attack.py as the container would run it: its folder first on sys.path."""
     sys.path.insert(0, str(folder))
@@ -66,7 +72,7 @@ def load_sample_module(folder: Path, file: str = "attack.py") -> ModuleType:
     finally:
         sys.dont_write_bytecode = writes_bytecode
         sys.path.remove(str(folder))
-        for name in ("model", "sample_io"):  # each sample has its own model.py and copy of sample_io.py
+        for name in ("model", "sample_io", "momentum"):  # each sample has its own model.py and copies of these
             sys.modules.pop(name, None)
     return module
 
@@ -93,7 +99,9 @@ def test_sample_folder_is_a_complete_submission(folder: Path):
 def test_attacks_carry_identical_copies_of_their_source_models():
     """training/train_all.py installs the copies; white-box attacks must match the defense they attack."""
     base = DEFENSES / "base_torch"
-    for folder in [*(ATTACKS / name for name in BASE_TORCH_COPIES), *_samples(TARGETED)]:
+    white_box_targeted = [f for f in _samples(TARGETED) if _source_model(f) == "base_torch"]
+    assert len(white_box_targeted) == 2
+    for folder in [*(ATTACKS / name for name in BASE_TORCH_COPIES), *white_box_targeted]:
         for name in ("model.py", "model.pt"):
             assert (folder / name).read_bytes() == (base / name).read_bytes(), f"{folder.name}/{name}"
     for name in ("adv_torch", "ens_adv_torch"):
@@ -104,6 +112,17 @@ def test_attacks_carry_identical_copies_of_their_source_models():
     for holdout, white_box in (("step_ll_holdout", "step_ll"), ("fgsm_holdout", "fgsm")):
         assert (ATTACKS / holdout / "attack.py").read_bytes() == (ATTACKS / white_box / "attack.py").read_bytes()
         assert (ATTACKS / holdout / "model.pt").read_bytes() == (ATTACKS / "step_ll_holdout" / "model.pt").read_bytes()
+    # The momentum attacks compute on holdout models only: holdout_b's files, or holdout_b_adv's (model B too).
+    holdout_b = ATTACKS / "step_ll_holdout"
+    for folder in [*(ATTACKS / name for name in MOMENTUM_ATTACKS), TARGETED / "mi_target_class"]:
+        assert (folder / "model.py").read_bytes() == (holdout_b / "model.py").read_bytes(), folder.name
+        expected = "holdout_b_adv" if folder.name == "mi_fgsm_adv_holdout" else "holdout_b"
+        assert _source_model(folder).split("+")[0] == expected, folder.name
+        weights = (folder / "model.pt").read_bytes()
+        assert (weights == (holdout_b / "model.pt").read_bytes()) == (expected == "holdout_b"), folder.name
+    assert (ATTACKS / "ens_mi_fgsm" / "holdout_b_adv.pt").read_bytes() == (
+        ATTACKS / "mi_fgsm_adv_holdout" / "model.pt"
+    ).read_bytes()
 
 
 # --- the attacks' math, on the host, on a tiny model
@@ -193,6 +212,91 @@ def test_iterative_attacks_stay_in_the_ball_and_beat_one_step(tiny):
     assert np.all(_probabilities(torch, model, x_adv)[np.arange(len(x)), target] > p[np.arange(len(x)), target])
 
 
+def test_mi_fgsm_without_momentum_is_i_fgsm_and_every_variant_stays_in_the_ball(tiny):
+    torch, model, x = tiny
+    momentum = load_sample_module(ATTACKS / "mi_fgsm", "momentum.py")
+    iter_fgsm = load_sample_module(ATTACKS / "iter_fgsm").iter_fgsm
+    # decay 0: each step is the sign of this step's gradient, i.e. I-FGSM.
+    assert np.array_equal(momentum.mi_fgsm(model, x, 10, decay=0.0), iter_fgsm(model, x, 10))
+    p = _probabilities(torch, model, x)
+    predicted = p.argmax(1)
+    edges = x.copy()
+    edges[:, :4] = 3  # near 0: the projection into [0, 255] matters
+    variants = {
+        "mi": {},
+        "di": {"diversity_prob": 0.5, "min_size": 25, "seed": 1},
+        "di always": {"diversity_prob": 1.0, "min_size": 20, "seed": 1},
+        "ti": {"kernel_size": 5},
+        "di+ti": {"diversity_prob": 0.5, "kernel_size": 5, "seed": 1},
+    }
+    for name, options in variants.items():
+        for images in (x, edges):
+            x_adv = momentum.mi_fgsm(model, images, 16, **options)
+            assert x_adv.dtype == np.uint8 and x_adv.shape == images.shape
+            assert np.abs(x_adv.astype(int) - images).max() <= 16, name
+        p_adv = _probabilities(torch, model, momentum.mi_fgsm(model, x, 16, **options))
+        assert np.all(p_adv[np.arange(len(x)), predicted] < p[np.arange(len(x)), predicted]), name
+    # Targeted: toward y_target.
+    target = (predicted + 1) % 10
+    x_adv = momentum.mi_fgsm(model, x, 10, y_target=target)
+    assert np.abs(x_adv.astype(int) - x).max() <= 10
+    assert np.all(_probabilities(torch, model, x_adv)[np.arange(len(x)), target] > p[np.arange(len(x)), target])
+    mi_target_class = load_sample_module(TARGETED / "mi_target_class").mi_target_class
+    assert np.array_equal(mi_target_class(model, x, target, 10), x_adv)
+
+
+def test_diverse_inputs_are_seeded_by_the_image_and_the_seed_only(tiny):
+    torch, model, x = tiny
+    di_mi_fgsm = load_sample_module(ATTACKS / "di_mi_fgsm").di_mi_fgsm
+    a, b, c = di_mi_fgsm(model, x, 16, 1), di_mi_fgsm(model, x, 16, 1), di_mi_fgsm(model, x, 16, 2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # Neither the batch nor the position (file names are opaque and differ from run to run) changes an image's draws.
+    assert np.array_equal(di_mi_fgsm(model, x[::-1], 16, 1), a[::-1])
+    assert np.array_equal(di_mi_fgsm(model, x[:3], 16, 1), a[:3])
+    # The transformation itself: probability 0 is the identity; with probability 1 each image is shrunk to its
+    # drawn size s and padded with zeros, so exactly 28 * 28 - s * s pixels are 0 (tiny's pixels are never 0).
+    momentum = load_sample_module(ATTACKS / "mi_fgsm", "momentum.py")
+    x01 = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+    assert torch.equal(momentum.diverse_inputs(x01, momentum.image_generators(x, 1), 0.0, 25), x01)
+    shrunk = momentum.diverse_inputs(x01, momentum.image_generators(x, 1), 1.0, 14)
+    sizes = []
+    for image, rng in zip(shrunk, momentum.image_generators(x, 1), strict=True):
+        rng.random()  # the draw that decides whether the image is transformed
+        sizes.append(int(rng.integers(14, 29)))
+        assert int((image == 0).sum()) == 28 * 28 - sizes[-1] ** 2
+    assert min(sizes) < 28
+
+
+def test_ti_kernel_and_the_ensemble(tiny):
+    torch, model, x = tiny
+    momentum = load_sample_module(ATTACKS / "mi_fgsm", "momentum.py")
+    kernel = momentum.gaussian_kernel(5)
+    assert kernel.shape == (1, 1, 5, 5) and float(kernel.sum()) == pytest.approx(1.0)
+    assert float(kernel[0, 0, 2, 2]) == float(kernel.max()) and torch.equal(kernel, kernel.flip(-1).transpose(-1, -2))
+    ti_mi_fgsm = load_sample_module(ATTACKS / "ti_mi_fgsm").ti_mi_fgsm
+    assert np.array_equal(ti_mi_fgsm(model, x, 16), momentum.mi_fgsm(model, x, 16, kernel_size=5))
+    # An ensemble of copies of one model is that model; of two models, the mean of their logits.
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+    ens_mi_fgsm = load_sample_module(ATTACKS / "ens_mi_fgsm").ens_mi_fgsm
+    assert np.array_equal(ens_mi_fgsm([model, model], x, 16), momentum.mi_fgsm(model, x, 16))
+    x01 = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        mean = (model(x01) + other(x01)) / 2
+        assert torch.allclose(momentum.LogitEnsemble([model, other])(x01), mean)
+
+
+def test_the_ensemble_attack_loads_every_source_it_names():
+    """Each weights file named in ens_mi_fgsm/attack.py is there and loads into model.py's model."""
+    torch = _need_host_torch()
+    folder = ATTACKS / "ens_mi_fgsm"
+    module = load_sample_module(folder)
+    assert module.OTHER_SOURCES == ("holdout_b_adv.pt",)
+    model_py = load_sample_module(folder, "model.py")
+    weights = [folder / "model.pt", *(folder / name for name in module.OTHER_SOURCES)]
+    states = [model_py.load_model(str(path)).state_dict() for path in weights]
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0]), "two different models"
+
+
 # --- every sample in its container
 
 
@@ -229,7 +333,7 @@ def test_every_sample_runs_in_its_container_and_meets_the_contract(tmp_path):
         assert summary == dict.fromkeys(summary, 0), (sub_id, summary, failures["log_tail"][-2000:])
         assert failures["skipped_output_files"] == 0, sub_id
     correct = results["matrices"]["correct_on_attacks"]
-    for attack in ("fgsm", "step_ll", "rand_step_ll", "iter_fgsm"):
+    for attack in ("fgsm", "step_ll", "rand_step_ll", "iter_fgsm", *MOMENTUM_ATTACKS):
         assert correct[attack]["base_torch"] < correct["noop"]["base_torch"], attack
     assert correct["fgsm_keras"]["base_keras"] < correct["noop"]["base_keras"]
     hits = results["matrices"]["hit_target_class"]

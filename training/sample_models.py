@@ -54,11 +54,19 @@ class ModelRecipe:
     folders: tuple[Path, ...]  # the first is where the weights are written; the others get identical copies
     settings: TrainSettings = field(default_factory=TrainSettings)
     adversarial: Adversarial | None = None
+    # Folders of attacks on an ensemble of sources: model.pt there is another model's (sample_io loads it), so
+    # these get a copy of the weights as NAME.pt, beside the same model.py.
+    ensemble_folders: tuple[Path, ...] = ()
 
     @property
     def weights_name(self) -> str:
         return "model.pt" if self.framework == "torch" else "model.weights.h5"
 
+
+# The transfer attack on an ensemble of holdout models: holdout_b's model.pt and holdout_b_adv.pt.
+ENSEMBLE_ATTACK = ATTACKS / "ens_mi_fgsm"
+# The momentum iterative attacks (MI-FGSM and its DI, TI and ensemble variants) share one implementation.
+MOMENTUM = ATTACKS / "mi_fgsm" / "momentum.py"
 
 # Chosen on a validation split of the training images by training/tune.py (see training/README.md and tuning.json).
 TRAIN_ATTACK = "fgsm"
@@ -88,7 +96,26 @@ RECIPES: dict[str, ModelRecipe] = {
             "holdout (model B): source of the black-box attacks; no defense is trained with it",
             "torch",
             REPO_ROOT / "training" / "models" / "model_b.py",
-            (ATTACKS / "step_ll_holdout", ATTACKS / "fgsm_holdout"),
+            (
+                ATTACKS / "step_ll_holdout",
+                ATTACKS / "fgsm_holdout",
+                ATTACKS / "mi_fgsm",
+                ATTACKS / "di_mi_fgsm",
+                ATTACKS / "ti_mi_fgsm",
+                ENSEMBLE_ATTACK,
+                TARGETED / "mi_target_class",
+            ),
+        ),
+        ModelRecipe(
+            "holdout_b_adv",
+            "holdout (model B), adversarial training with FGSM examples of itself: source of mi_fgsm_adv_holdout "
+            "and of the ensemble attack; no defense is trained with it",
+            "torch",
+            REPO_ROOT / "training" / "models" / "model_b.py",
+            (ATTACKS / "mi_fgsm_adv_holdout",),
+            settings=TrainSettings(seed=2, threads=1),
+            adversarial=Adversarial(32.0, "fgsm"),
+            ensemble_folders=(ENSEMBLE_ATTACK,),
         ),
         ModelRecipe(
             "base_keras",
@@ -130,12 +157,21 @@ ALL_RECIPES = {**RECIPES, **TUNING_ONLY}
 
 # Code written once and copied, under its own file name, into every folder that runs it: sample_io.py into each
 # torch sample (the folders of the torch models), base_torch's defense.py into the other torch defenses, and the
-# white-box attack.py into the black-box sample that runs the same code on the holdout model's files.
+# white-box attack.py into the black-box sample that runs the same code on the holdout model's files, and the
+# momentum iterative attacks' code into each of their samples.
 SHARED_CODE: dict[Path, tuple[Path, ...]] = {
-    SAMPLE_IO: tuple(folder for r in RECIPES.values() if r.framework == "torch" for folder in r.folders),
+    SAMPLE_IO: tuple(dict.fromkeys(f for r in RECIPES.values() if r.framework == "torch" for f in r.folders)),
     TORCH_DEFENSE: (DEFENSES / "adv_torch", DEFENSES / "ens_adv_torch"),
     ATTACKS / "fgsm" / "attack.py": (ATTACKS / "fgsm_holdout",),
     ATTACKS / "step_ll" / "attack.py": (ATTACKS / "step_ll_holdout",),
+    ATTACKS / "mi_fgsm" / "attack.py": (ATTACKS / "mi_fgsm_adv_holdout",),
+    MOMENTUM: (
+        ATTACKS / "mi_fgsm_adv_holdout",
+        ATTACKS / "di_mi_fgsm",
+        ATTACKS / "ti_mi_fgsm",
+        ENSEMBLE_ATTACK,
+        TARGETED / "mi_target_class",
+    ),
 }
 
 
@@ -147,8 +183,11 @@ def shared_files(recipes: Iterable[ModelRecipe] = RECIPES.values()) -> list[tupl
         pairs += [(recipe.architecture, folder / "model.py") for folder in recipe.folders]
         weights = recipe.folders[0] / recipe.weights_name
         pairs += [(weights, folder / recipe.weights_name) for folder in recipe.folders[1:]]
+        pairs += [(recipe.architecture, folder / "model.py") for folder in recipe.ensemble_folders]
+        pairs += [(weights, folder / f"{recipe.name}.pt") for folder in recipe.ensemble_folders]
     pairs += [(source, folder / source.name) for source, folders in SHARED_CODE.items() for folder in folders]
-    return [(source, copy) for source, copy in pairs if source.resolve() != copy.resolve()]
+    unique = dict.fromkeys(pairs)  # an ensemble's folder gets one copy of its members' model.py
+    return [(source, copy) for source, copy in unique if source.resolve() != copy.resolve()]
 
 
 def sync_samples() -> list[Path]:
