@@ -23,6 +23,21 @@ def default_dataset_dir() -> Path:
     return bundled_root() / "dataset" / "fashion_mnist_1k"
 
 
+def nips17_dir() -> Path:
+    """The NIPS 2017 data set descriptions (URL lists) and their provenance note."""
+    return bundled_root() / "dataset" / "nips17"
+
+
+def shipped_csv(path: Path) -> Path:
+    """`dataset/nips17/dev_dataset.csv` (as the docs write it) or `dev_dataset.csv`, also from an installed wheel:
+    a path that does not exist here but names a shipped NIPS 2017 CSV means the shipped one."""
+    path = Path(path)
+    if path.exists() or path.parent.as_posix() not in (".", "dataset/nips17"):
+        return path
+    shipped = nips17_dir() / path.name
+    return shipped if shipped.is_file() else path
+
+
 def dockerfile_dir() -> Path:
     """The folder holding `Dockerfile` and `requirements/`."""
     return bundled_root()

@@ -24,9 +24,9 @@ from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import load_dataset
 from sandbox.errors import DataSetError, RuntimeUnavailable, SandboxError
 from sandbox.image_names import image_tag
-from sandbox.images import HASH_LABEL, TARGETS, image_staleness, local_base_id
+from sandbox.images import CPU_TARGETS, GPU_TARGETS, HASH_LABEL, image_staleness, local_base_id
 from sandbox.runtime.base import LABEL_APP, SUBMISSION_UID
-from sandbox.runtime.docker import KEEPER_IMAGE, docker_client
+from sandbox.runtime.docker import GPU_RUNTIME_FIX, KEEPER_IMAGE, docker_client, gpu_access
 
 Status = Literal["ok", "warn", "fail", "info", "skip"]
 DEFAULT_MIN_FREE_GIB = 1.0  # the shipped run stores about 65 MB; this leaves room for bigger data sets
@@ -179,9 +179,11 @@ def check_limits(client: docker.DockerClient, info: dict, probe_image: str = KEE
     return Check("limits", "ok", f"memory, pids and CPU limits applied in a test container ({where}){swap}")
 
 
-def _build_fix(client: docker.DockerClient) -> str:
+def _build_fix(client: docker.DockerClient, target: str | None = None) -> str:
     """`sandbox images build`, plus what it needs when Docker Hub is out of reach and no base image is here."""
     fix = "`sandbox images build` (a few minutes)"
+    if target in GPU_TARGETS:
+        fix = "`sandbox images build --gpu` (downloads about 3 GB of wheels per GPU image; docs/gpu.md)"
     if local_base_id(client) is None and shutil.which("debootstrap") is None:
         fix += f"; without Docker Hub it needs debootstrap: {INSTALL_HELP} installs it"
     return fix
@@ -197,7 +199,7 @@ def check_image(client: docker.DockerClient, tag: str, target: str | None = None
     try:
         image = client.images.get(tag)
     except ImageNotFound:
-        return Check(name, "fail", f"{tag} missing", _build_fix(client))
+        return Check(name, "fail", f"{tag} missing", _build_fix(client, target))
     if target is None:
         return Check(name, "ok", f"{tag} present")
     stale, why = image_staleness(client, image.labels.get(HASH_LABEL), target)
@@ -206,9 +208,10 @@ def check_image(client: docker.DockerClient, tag: str, target: str | None = None
     return Check(name, "ok", f"{tag} present, {why}")
 
 
-def sandbox_images() -> dict[str, str | None]:
-    """The images `sandbox images build` makes and the shipped samples use: tag -> Dockerfile target."""
-    return {image_tag(target): target for target in TARGETS}
+def sandbox_images(gpu: bool = False) -> dict[str, str | None]:
+    """The images `sandbox images build` makes and the shipped samples use: tag -> Dockerfile target; `gpu` adds
+    the GPU images (built on demand, needed only by runs with --gpus)."""
+    return {image_tag(target): target for target in CPU_TARGETS + (GPU_TARGETS if gpu else ())}
 
 
 def check_gvisor(info: dict, runtime: str = GVISOR_RUNTIME, required: bool = False) -> Check:
@@ -226,28 +229,28 @@ def check_gvisor(info: dict, runtime: str = GVISOR_RUNTIME, required: bool = Fal
     )
 
 
-def check_gpus(info: dict) -> Check:
-    """Information only: GPUs speed up some submissions (`--gpus`), but no run needs them."""
+def check_gpus(info: dict, required: bool = False) -> Check:
+    """Whether Docker can pass GPUs into containers (the NVIDIA container toolkit): information for a CPU run, a
+    failure when the run will ask for GPUs (`--gpus`), as it would stop there."""
     devices = sorted(glob.glob("/dev/nvidia[0-9]*"))
-    cdi = [d for d in info.get("DiscoveredDevices") or [] if "nvidia" in str(d.get("ID", ""))]
-    ways = []  # how Docker can pass a GPU in: the nvidia runtime, the hook `--gpus` calls, or CDI devices
-    if "nvidia" in (info.get("Runtimes") or {}):
-        ways.append("nvidia runtime registered")
-    if shutil.which("nvidia-container-runtime-hook"):
-        ways.append("nvidia-container-runtime-hook installed")
-    if cdi:
-        ways.append(f"{len(cdi)} NVIDIA CDI devices")
-    how = ", ".join(ways)
-    if not devices and not how:
-        return Check("gpus", "info", "no NVIDIA GPU on this host and no nvidia runtime: runs use the CPU")
-    if devices and not how:
+    ways = gpu_access(info)
+    here = f"{len(devices)} NVIDIA GPU(s) on this host" if devices else "no NVIDIA GPU on this host"
+    if not ways:
         return Check(
             "gpus",
-            "info",
-            f"{len(devices)} NVIDIA GPU(s) on this host, but Docker cannot pass them to containers",
-            "for --gpus, install the NVIDIA Container Toolkit and restart dockerd",
+            "fail" if required else "info",
+            f"no GPU runtime: Docker has no nvidia runtime, no NVIDIA CDI device and no container toolkit hook, so "
+            f"--gpus cannot start a container ({here}; runs without --gpus use the CPU)",
+            GPU_RUNTIME_FIX,
         )
-    return Check("gpus", "info", f"{len(devices)} NVIDIA GPU(s) on this host; {how}: --gpus can use them")
+    if not devices:
+        return Check(
+            "gpus",
+            "warn" if required else "info",
+            f"{', '.join(ways)}, but {here}",
+            "load the NVIDIA driver (`nvidia-smi` lists the GPUs), or point DOCKER_HOST at the GPU machine",
+        )
+    return Check("gpus", "ok" if required else "info", f"{here}; {', '.join(ways)}: --gpus can use them")
 
 
 def _existing_folder(path: Path) -> Path:
@@ -302,25 +305,27 @@ def run_checks(
     isolation: str = "runc",
     images: Sequence[str] | None = None,
     gvisor_runtime: str = GVISOR_RUNTIME,
+    gpus: str | None = None,
 ) -> Iterator[Check]:
     """Every check in turn, as it finishes; those that need Docker are skipped when it cannot be reached.
 
     `images` replaces the sandbox's own image tags (a tag of ours is also compared with its content hash);
     `gvisor_runtime` the runtime name looked for. Tests use both to check the report without touching the real
-    images or daemon.
+    images or daemon. `gpus` (the run's `--gpus`) adds the GPU images and makes a missing GPU runtime a failure.
     """
     client, info, docker_check = check_docker()
     yield docker_check
-    tags = sandbox_images() if images is None else {tag: sandbox_images().get(tag) for tag in images}
+    ours = sandbox_images(gpu=bool(gpus))
+    tags = ours if images is None else {tag: ours.get(tag) or sandbox_images(gpu=True).get(tag) for tag in images}
     if client is None:
-        for name in ("limits", *(_image_check_name(tag, target) for tag, target in tags.items()), "gvisor"):
+        for name in ("limits", *(_image_check_name(tag, target) for tag, target in tags.items()), "gvisor", "gpus"):
             yield Check(name, "skip", "not checked: needs Docker")
     else:
         yield check_limits(client, info)
         for tag, target in tags.items():
             yield check_image(client, tag, target)
         yield check_gvisor(info, gvisor_runtime, required=isolation == "gvisor")
-    yield check_gpus(info)
+        yield check_gpus(info, required=bool(gpus))
     yield check_disk(out, min_free_gib)
     yield check_dataset(data)
 

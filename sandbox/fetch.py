@@ -24,6 +24,7 @@ import requests
 import urllib3
 from PIL import Image, UnidentifiedImageError
 
+from sandbox.bundled import shipped_csv
 from sandbox.dataset import _SAFE_ID, DataSet, load_dataset
 from sandbox.errors import DataSetError, SandboxError, one_line
 from sandbox.store import write_atomically
@@ -279,6 +280,7 @@ def _write_dataset(out: Path, source: Path, columns: list[str], rows: list[Sourc
     info = {
         "name": f"NIPS 2017 {source.stem}, {len(kept)} images",
         "num_classes": NUM_CLASSES,
+        "label_convention": "tf-slim-1001",
         "label_offset": 1,
         "labels": "TF-Slim ImageNet: 1..1000, 0 = background (unused); subtract label_offset for 0..999 models",
         "source": source.name,
@@ -313,7 +315,7 @@ def fetch_dataset(
     would hold no image at all; otherwise the failures are in the result and in `out/fetch_failures.csv`.
     """
     options = options or FetchOptions()
-    source, out = Path(source), Path(out)
+    source, out = shipped_csv(Path(source)), Path(out)
     columns, rows = read_source(source, options.limit)
     if out.exists() and not out.is_dir():
         raise DataSetError(out, "exists and is not a folder", "choose another OUT")

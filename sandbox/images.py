@@ -3,12 +3,18 @@
 Wheels are downloaded on the host (containers may not reach a package index) into a cache folder that is also
 the Docker build context; each image carries a label with the hash of everything that went into it, so a
 rebuild is skipped when nothing changed. Without a registry, the base image is bootstrapped with debootstrap.
+
+Each target is built from its own slice of the Dockerfile (the stages it needs: `base`, `X-build`, `X`), and its
+content hash covers only that slice, its pins and its wheels. So the GPU targets, which follow the CPU ones and are
+built only on demand (`--gpu`), neither change the CPU images' hashes nor make the classic builder (which runs
+every stage before the target) install their gigabytes of wheels when a CPU image is built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,15 +33,25 @@ from sandbox.errors import ImageBuildError
 from sandbox.image_names import IMAGE_VERSION, image_tag
 from sandbox.runtime.docker import docker_client
 
-TARGETS = ("base", "torch-cpu", "tensorflow-cpu")  # in Dockerfile order: the classic builder runs earlier stages
+CPU_TARGETS = ("base", "torch-cpu", "tensorflow-cpu")  # what `sandbox images build` builds, and CI with it
+GPU_TARGETS = ("torch-gpu", "tensorflow-gpu")  # CUDA from the frameworks' wheels (~3 GB each): `--gpu` only
+TARGETS = CPU_TARGETS + GPU_TARGETS  # in Dockerfile order
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 BOOTSTRAP_IMAGE = image_tag("bootstrap-bookworm")
 HASH_LABEL = "org.adversarial-sandbox.content-hash"
+# The base image is Debian bookworm (glibc 2.36): any manylinux wheel up to 2_28 runs there. Some CUDA wheels
+# are tagged only with older ones: nvidia-cuda-cupti 2_25, nvidia-nccl 2_18, nvidia-nvjitlink and -nvrtc 2_12 and
+# manylinux2010.
 WHEEL_PLATFORMS = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
+    "manylinux_2_25_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_18_x86_64",
     "manylinux_2_17_x86_64",
     "manylinux2014_x86_64",
+    "manylinux_2_12_x86_64",
+    "manylinux2010_x86_64",
     "manylinux1_x86_64",
 )
 Log = Callable[[str], None]
@@ -64,6 +80,63 @@ class BuiltImage:
     seconds: float
 
 
+def build_targets(targets: tuple[str, ...] = (), gpu: bool = False) -> tuple[str, ...]:
+    """What `sandbox images build` builds: the named targets, else the CPU ones; `gpu` adds the GPU ones."""
+    chosen = set(targets or CPU_TARGETS) | (set(GPU_TARGETS) if gpu else set())
+    unknown = sorted(chosen - set(TARGETS))
+    if unknown:
+        raise ImageBuildError(f"image target {unknown[0]}", "unknown", f"choose from {', '.join(TARGETS)}")
+    return tuple(t for t in TARGETS if t in chosen)
+
+
+_FROM = re.compile(r"FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
+_COPY_FROM = re.compile(r"--from=(\S+)")
+
+
+def _dockerfile_stages(text: str) -> tuple[str, dict[str, tuple[str, set[str]]]]:
+    """The text before the first stage, and each named stage: its text and the stages it uses (FROM, COPY
+    --from). A stage's text starts at the comments just above its FROM line."""
+    lines = text.splitlines(keepends=True)
+    starts = []
+    for number, line in enumerate(lines):
+        if _FROM.match(line.strip()):
+            start = number
+            while start > 0 and (not lines[start - 1].strip() or lines[start - 1].lstrip().startswith("#")):
+                start -= 1
+            starts.append((start, number))
+    preamble = "".join(lines[: starts[0][0]]) if starts else text
+    stages: dict[str, tuple[str, set[str]]] = {}
+    for index, (start, number) in enumerate(starts):
+        end = starts[index + 1][0] if index + 1 < len(starts) else len(lines)
+        match = _FROM.match(lines[number].strip())
+        assert match is not None
+        parent, name = match.group(1), match.group(2) or f"stage-{index}"
+        body = "".join(lines[start:end])
+        stages[name] = (body, {parent, *_COPY_FROM.findall(body)})
+    return preamble, stages
+
+
+def dockerfile_for(target: str, dockerfile: str | None = None) -> str:
+    """The Dockerfile (the shipped one, or the text given) reduced to the stages `target` needs, in their order:
+    what its image is built from."""
+    preamble, stages = _dockerfile_stages(dockerfile or (dockerfile_dir() / "Dockerfile").read_text())
+    if target not in stages:
+        raise ImageBuildError(dockerfile_dir() / "Dockerfile", f"has no stage {target}", "reinstall the package")
+    needed, todo = set(), [target]
+    while todo:
+        name = todo.pop()
+        if name in stages and name not in needed:
+            needed.add(name)
+            todo.extend(stages[name][1])
+    return preamble + "".join(body for name, (body, _) in stages.items() if name in needed)
+
+
+def wheel_targets(target: str) -> list[str]:
+    """The targets whose wheel folders `target`'s image installs (its own; none for `base`)."""
+    text = dockerfile_for(target)
+    return [t for t in TARGETS if t != "base" and f"wheels/{t}/" in text]
+
+
 def _requirements(target: str) -> Path:
     return dockerfile_dir() / "requirements" / f"{target}.txt"
 
@@ -73,22 +146,8 @@ def _pins(target: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) -> None:
-    """Fills `context/wheels/TARGET` once per set of pins: a marker records what was downloaded."""
-    dest = context / "wheels" / target
-    marker = dest / ".complete"
-    pins_text = "\n".join(_pins(target))
-    if marker.is_file() and marker.read_text() == pins_text:
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    if source.wheel_dir is not None:
-        given = Path(source.wheel_dir) / target
-        if not given.is_dir():
-            raise ImageBuildError(given, "no such folder", "the wheel folder needs one folder of wheels per target")
-        for wheel in given.glob("*.whl"):
-            shutil.copy2(wheel, dest / wheel.name)
-        marker.write_text(pins_text)
-        return
+def pip_download_command(target: str, dest: Path, source: WheelSource) -> list[str]:
+    """`pip download` of a target's pinned wheels for the image's Python (3.11, x86_64), whatever the host's."""
     command = [
         sys.executable,
         "-m",
@@ -114,6 +173,26 @@ def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) ->
         command += ["--extra-index-url", url]
     for link in source.find_links:
         command += ["--find-links", link]
+    return command
+
+
+def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) -> None:
+    """Fills `context/wheels/TARGET` once per set of pins: a marker records what was downloaded."""
+    dest = context / "wheels" / target
+    marker = dest / ".complete"
+    pins_text = "\n".join(_pins(target))
+    if marker.is_file() and marker.read_text() == pins_text:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    if source.wheel_dir is not None:
+        given = Path(source.wheel_dir) / target
+        if not given.is_dir():
+            raise ImageBuildError(given, "no such folder", "the wheel folder needs one folder of wheels per target")
+        for wheel in given.glob("*.whl"):
+            shutil.copy2(wheel, dest / wheel.name)
+        marker.write_text(pins_text)
+        return
+    command = pip_download_command(target, dest, source)
     log(f"downloading wheels for {target} into {dest}")
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -127,15 +206,13 @@ def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) ->
 
 
 def _content_hash(target: str, context: Path, base_id: str) -> str:
+    """The image's inputs: its slice of the Dockerfile, the base image, and its pins and wheels."""
     digest = hashlib.sha256()
-    digest.update((dockerfile_dir() / "Dockerfile").read_bytes())
+    digest.update(dockerfile_for(target).encode())
     digest.update(base_id.encode())
-    for index in range(TARGETS.index(target) + 1):
-        previous = TARGETS[index]
-        if previous == "base":
-            continue
-        digest.update(_requirements(previous).read_bytes())
-        for wheel in sorted((context / "wheels" / previous).glob("*.whl")):
+    for needed in wheel_targets(target):
+        digest.update(_requirements(needed).read_bytes())
+        for wheel in sorted((context / "wheels" / needed).glob("*.whl")):
             digest.update(wheel.name.encode())
             with wheel.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
@@ -195,14 +272,15 @@ def resolve_base_image(client: docker.DockerClient, base_image: str, log: Log) -
 
 
 def _write_context(context: Path, target: str) -> None:
-    """The Dockerfile and pins, plus a .dockerignore that leaves out the wheels no stage up to `target` needs."""
+    """The target's slice of the Dockerfile and the pins, plus a .dockerignore that leaves out every other
+    target's wheels (the context is sent to the daemon whole)."""
     source = dockerfile_dir()
-    shutil.copy2(source / "Dockerfile", context / "Dockerfile")
+    (context / "Dockerfile").write_text(dockerfile_for(target))
     (context / "requirements").mkdir(exist_ok=True)
     for pins in (source / "requirements").glob("*.txt"):
         shutil.copy2(pins, context / "requirements" / pins.name)
-    later = TARGETS[TARGETS.index(target) + 1 :]
-    (context / ".dockerignore").write_text("".join(f"wheels/{name}\n" for name in later) + "**/.complete\n")
+    others = [name for name in TARGETS if name not in wheel_targets(target)]
+    (context / ".dockerignore").write_text("".join(f"wheels/{name}\n" for name in others) + "**/.complete\n")
 
 
 def build_images(
@@ -213,20 +291,17 @@ def build_images(
     log: Log = print,
 ) -> list[BuiltImage]:
     """Builds the given Dockerfile targets, skipping those whose content hash label already matches."""
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise ImageBuildError(f"image target {unknown[0]}", "unknown", f"choose from {', '.join(TARGETS)}")
+    ordered = build_targets(tuple(targets)) if targets else ()
     client = docker_client(timeout=600)
     source = source or WheelSource()
     context = cache_root() / "build"
     context.mkdir(parents=True, exist_ok=True)
     base = resolve_base_image(client, base_image, log)
     base_id = client.images.get(base).id
-    ordered = [t for t in TARGETS if t in targets]
     built = []
     for target in ordered:
         started = time.monotonic()
-        for needed in TARGETS[1 : TARGETS.index(target) + 1]:
+        for needed in wheel_targets(target):
             prepare_wheels(needed, context, source, log)
         content_hash = _content_hash(target, context, base_id)
         tag = image_tag(target)
@@ -261,6 +336,33 @@ def build_images(
     return built
 
 
+@dataclass(frozen=True)
+class PlannedBuild:
+    target: str
+    tag: str
+    build: bool | None  # None: decided after its wheels are downloaded (no wheel cache to hash yet)
+    why: str
+
+
+def plan_builds(targets: tuple[str, ...], force: bool = False) -> list[PlannedBuild]:
+    """What `build_images` would do with each target, found without downloading or building anything."""
+    client = docker_client(timeout=60)
+    planned = []
+    for target in build_targets(targets):
+        tag = image_tag(target)
+        try:
+            label = client.images.get(tag).labels.get(HASH_LABEL)
+        except ImageNotFound:
+            planned.append(PlannedBuild(target, tag, True, "missing"))
+            continue
+        if force:
+            planned.append(PlannedBuild(target, tag, True, "--force"))
+            continue
+        stale, why = image_staleness(client, label, target)
+        planned.append(PlannedBuild(target, tag, stale, why))
+    return planned
+
+
 def local_base_id(client: docker.DockerClient) -> str | None:
     """The base image `sandbox images build` would use without pulling: the default if here, else the
     debootstrapped one (resolve_base_image's order)."""
@@ -275,12 +377,12 @@ def local_base_id(client: docker.DockerClient) -> str | None:
 def image_staleness(client: docker.DockerClient, label: str | None, target: str) -> tuple[bool | None, str]:
     """Whether a rebuild would change the image: (False, ...) current, (True, why) stale, (None, why) unknown.
 
-    The content hash is the one `build_images` labels images with, over the Dockerfile, the base image and the
-    cached wheels; a wheel cache whose pins no longer match the requirements means the next build downloads new
-    wheels.
+    The content hash is the one `build_images` labels images with, over the target's slice of the Dockerfile, the
+    base image and the cached wheels; a wheel cache whose pins no longer match the requirements means the next
+    build downloads new wheels.
     """
     context = cache_root() / "build"
-    for needed in TARGETS[1 : TARGETS.index(target) + 1]:
+    for needed in wheel_targets(target):
         marker = context / "wheels" / needed / ".complete"
         if not marker.is_file():
             return None, f"not compared: no wheel cache in {marker.parent}"

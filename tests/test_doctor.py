@@ -109,3 +109,62 @@ def test_a_bad_data_set_and_too_little_disk_fail_with_their_fixes(tmp_path):
     assert "fix:" in lines["dataset"]
     assert lines["disk"].startswith("FAIL") and "under the 1e+09 GiB asked" in lines["disk"]
     assert "fix: free space there" in lines["disk"]
+
+
+def _gpu_runtime_here() -> list[str]:
+    from sandbox.runtime.docker import gpu_access
+
+    return gpu_access(docker.from_env().info())
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_ready")
+def test_without_a_gpu_runtime_the_doctor_says_so_with_where_to_get_the_toolkit():
+    if _gpu_runtime_here():
+        pytest.skip("this Docker can pass GPUs")
+    optional = _by_name(run_checks(images=[]))["gpus"]
+    assert optional.status == "info" and not optional.failed
+    assert optional.detail.startswith("no GPU runtime:") and "--gpus cannot start a container" in optional.detail
+    assert "NVIDIA Container Toolkit from NVIDIA's apt repository" in optional.fix
+    assert "not in Debian's main archive" in optional.fix and "nvidia-ctk runtime configure" in optional.fix
+
+    required = _by_name(run_checks(gpus="0,1"))
+    assert required["gpus"].failed and required["gpus"].fix == optional.fix
+    for target in ("torch-gpu", "tensorflow-gpu"):  # --gpus also counts the GPU images, with their own build
+        image = required[f"image {target}"]
+        assert image.name == f"image {target}" and ("--gpu" in image.fix or not image.failed)
+
+
+def test_the_gpu_check_reads_each_way_docker_passes_gpus():
+    import shutil
+
+    from sandbox.doctor import check_gpus
+    from sandbox.runtime.docker import NVIDIA_HOOK
+
+    for info in (
+        {"Runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}},
+        {"DiscoveredDevices": [{"Source": "cdi", "ID": "nvidia.com/gpu=all"}]},
+    ):
+        check = check_gpus(info, required=True)
+        assert not check.failed and not check.detail.startswith("no GPU runtime"), check
+    assert check_gpus({}, required=True).failed == (shutil.which(NVIDIA_HOOK) is None)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_ready")
+@pytest.mark.parametrize("gpus", ["0,1", "all"])
+def test_a_run_with_gpus_and_no_gpu_runtime_stops_at_the_start_in_one_line(tmp_path, gpus):
+    if _gpu_runtime_here():
+        pytest.skip("this Docker can pass GPUs")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--gpus", gpus, "--out", str(out)])
+
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: --gpus {gpus}: Docker cannot pass GPUs into containers here: no GPU runtime (no nvidia runtime, no "
+        "nvidia-container-runtime-hook, no NVIDIA CDI device); install the NVIDIA Container Toolkit from NVIDIA's "
+        "apt repository (it is not in Debian's main archive), run `nvidia-ctk runtime configure --runtime=docker` "
+        "and restart dockerd (docs/gpu.md); or run without --gpus"
+    ]
+    assert not out.exists()  # stopped before the run folder, so before any piece

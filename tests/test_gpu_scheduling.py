@@ -260,3 +260,48 @@ def test_a_gpu_piece_runs_the_gpu_image_with_its_gpu_and_a_cpu_piece_the_cpu_ima
     assert [(r.device_ids, r.capabilities) for r in device_requests(gpu_job.gpus)] == [(["1"], [["gpu"]])]
     assert (cpu_job.image, cpu_job.gpus) == (cpu_sub.metadata.container, None)
     assert device_requests(cpu_job.gpus) == []
+
+
+@pytest.mark.parametrize("gpus", ["0,1", "all"])
+def test_with_fake_gpu_ids_each_piece_gets_its_image_and_device_requests(tmp_path, gpus):
+    # A run's defense pieces through the executor as `competition` schedules them (a piece wants a GPU when its
+    # submission names a container_gpu): GPU pieces run the GPU image with one id each (or all GPUs), CPU pieces
+    # the CPU image with no device at all. The runtime only records: no GPU container can start here.
+    from sandbox.bundled import default_dataset_dir
+    from sandbox.dataset import load_dataset
+    from sandbox.image_names import image_tag
+    from sandbox.pieces import RunContext, execute_defense
+    from sandbox.runtime.base import Limits
+    from sandbox.submission import load_submission
+    from tests.submissions import FIXED_LABEL_DEFENSE, write_submission
+
+    torch_cpu, torch_gpu = image_tag("torch-cpu"), image_tag("torch-gpu")
+    on_gpu = load_submission(
+        write_submission(tmp_path, "g", "defense", FIXED_LABEL_DEFENSE, image=torch_cpu, container_gpu=torch_gpu)
+    )
+    cpu_only = load_submission(write_submission(tmp_path, "c", "defense", FIXED_LABEL_DEFENSE))
+    assert (on_gpu.image(True), on_gpu.image(False)) == (torch_gpu, torch_cpu)
+    assert cpu_only.image(True) == cpu_only.image(False) == cpu_only.metadata.container
+    runtime = RecordingRuntime()
+    ctx = RunContext("r", tmp_path / "run", "s", Limits(cpus=1.0), load_dataset(default_dataset_dir()), runtime, True)
+    subs = [on_gpu, cpu_only] * 4
+
+    def piece(n, sub):
+        return lambda gpu: execute_defense(f"defense/{sub.id}/{n}", n, sub, ctx, {"a": b"\x89PNG"}, gpu=gpu)
+
+    wants = [bool(sub.metadata.container_gpu) for sub in subs]
+    list(run_tasks([piece(n, sub) for n, sub in enumerate(subs)], jobs=2, gpus=gpus, wants_gpu=wants))
+
+    assert len(runtime.jobs) == 8
+    for job in runtime.jobs:
+        if job.image == torch_gpu:
+            assert job.gpus in (["0", "1"] if gpus == "0,1" else ["all"])
+            (request,) = device_requests(job.gpus)
+            if gpus == "all":
+                assert request.count == -1 and request.device_ids == []
+            else:
+                assert request.device_ids == [job.gpus] and request.count == 0
+            assert request.capabilities == [["gpu"]]
+        else:
+            assert job.image == cpu_only.metadata.container and job.gpus is None and device_requests(None) == []
+    assert sum(job.image == torch_gpu for job in runtime.jobs) == 4
