@@ -34,6 +34,11 @@ class SandboxError(Exception):
     def line(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        """Pickles with its three fields (an Exception pickles its text only): a cluster worker's error reaches the
+        driver as the same error."""
+        return (type(self), (self.where, self.problem, self.fix))
+
 
 class SubmissionError(SandboxError):
     """A submission cannot take part in a run (bad metadata, missing entry point, unsafe archive)."""

@@ -132,6 +132,12 @@ def sync_filesystem(folder: Path) -> None:
         os.close(fd)
 
 
+def adversarial_image_path(run_dir: Path, sha256: str) -> Path:
+    """Where an adversarial image of a run lies: a plain function of the run folder, which a piece on another
+    machine of a cluster can hold (the store's database stays with the driver)."""
+    return run_dir / "adversarial" / sha256[:2] / f"{sha256}.png"
+
+
 class RunStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -174,7 +180,7 @@ class RunStore:
 
     # -- images
     def adversarial_path(self, sha256: str) -> Path:
-        return self.run_dir / "adversarial" / sha256[:2] / f"{sha256}.png"
+        return adversarial_image_path(self.run_dir, sha256)
 
     def save_adversarial_pngs(self, pngs: dict[str, bytes]) -> None:
         """A piece's new images, each renamed into place whole, then made durable with one flush of the file

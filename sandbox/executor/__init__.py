@@ -1,5 +1,8 @@
-"""Executors run piece functions; the local one uses threads, a cluster one can reuse the same functions."""
+"""Executors run piece functions: threads on this machine (`local`) or Ray tasks on a cluster (`ray`), over the
+same functions; the contract and the scheduling policy are in `base.py`."""
 
-from sandbox.executor.local import Task, run_tasks
+from sandbox.executor.base import Executor, PieceRequest, Task
+from sandbox.executor.local import LocalExecutor, run_tasks
+from sandbox.executor.select import make_executor
 
-__all__ = ["Task", "run_tasks"]
+__all__ = ["Executor", "LocalExecutor", "PieceRequest", "Task", "make_executor", "run_tasks"]

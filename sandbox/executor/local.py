@@ -10,12 +10,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sandbox.errors import SandboxError
+from sandbox.executor.base import Messages, PieceRequest, Task, split_lanes
 
 T = TypeVar("T")
-Task = Callable[[str | None], T]  # takes the GPU id it may use (None: no GPU)
 
 
 def gpu_slots(gpus: str | None, jobs: int) -> list[str | None]:
@@ -87,11 +87,7 @@ def run_tasks(
       working), so up to `jobs` + the number of GPU ids pieces run at once (`2 * jobs` with `all`).
     GPU workers are the threads `piece_gpu_N`, CPU workers `piece_N` (the worker names in the timeline).
     """
-    if wants_gpu is not None and len(wants_gpu) != len(tasks):
-        raise ValueError(f"wants_gpu has {len(wants_gpu)} entries for {len(tasks)} tasks")
-    on_gpu = [bool(gpus) and (wants_gpu is None or wants_gpu[i]) for i in range(len(tasks))]
-    gpu_tasks = [task for task, gpu in zip(tasks, on_gpu, strict=True) if gpu]
-    cpu_tasks = [task for task, gpu in zip(tasks, on_gpu, strict=True) if not gpu]
+    gpu_tasks, cpu_tasks = split_lanes(tasks, gpus, wants_gpu)
     stopping = threading.Event()  # once set, no piece starts: a run that failed starts nothing new
     lanes = [
         _Lane(gpu_slots(gpus, jobs) if gpus else [], "piece_gpu", gpu_tasks, stopping),
@@ -115,3 +111,35 @@ def run_tasks(
         stopping.set()
         for lane in lanes:
             lane.close()
+
+
+class LocalExecutor:
+    """The default executor: `run_tasks` on this machine, with the run's own runtime and events."""
+
+    name = "local"
+    pieces_run_here = True
+
+    def start(self) -> None:
+        pass
+
+    def for_pieces(self, runtime: Any, messages: Messages) -> tuple[Any, Messages]:
+        return runtime, messages
+
+    def check(self, requests: Sequence[PieceRequest]) -> None:
+        """Every request fits: the limits were resolved for this machine (`resolve_options`)."""
+
+    def run_tasks(
+        self,
+        tasks: Sequence[Task[T]],
+        jobs: int,
+        gpus: str | None,
+        wants_gpu: Sequence[bool] | None,
+        request: Callable[[bool], PieceRequest],
+    ) -> Iterator[T]:
+        return run_tasks(tasks, jobs, gpus, wants_gpu)
+
+    def cleanup_run(self, run_id: str) -> int:
+        return 0  # the run's runtime, on this machine, removes everything by the run's label
+
+    def close(self) -> None:
+        pass
