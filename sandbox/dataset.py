@@ -16,6 +16,9 @@ from sandbox.errors import DataSetError
 from sandbox.fashion_mnist import CLASS_NAMES, load_split
 
 REQUIRED_COLUMNS = ("ImageId", "TrueLabel", "TargetClass")
+# ImageNet's two numberings: TF-Slim's 1..1000 with 0 = background (the NIPS 2017 data sets), and 0..999 (most
+# current models, timm's included). dataset.json names its own; a piece gets it as SANDBOX_LABEL_CONVENTION.
+LABEL_CONVENTIONS = {"tf-slim-1001": 1, "0-999": 0}  # convention -> the offset from a 0..999 model's class index
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FASHION_MNIST_SEED = 2017
 
@@ -40,6 +43,7 @@ class DataSet:
     size: tuple[int, int]  # (width, height), as PIL reports it
     mode: str  # "L" or "RGB"
     class_names: tuple[str, ...] = ()
+    label_convention: str | None = None  # one of LABEL_CONVENTIONS, for ImageNet data sets
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "images" / f"{image_id}.png"
@@ -122,7 +126,19 @@ def load_dataset(root: Path) -> DataSet:
         raise DataSetError(root / "dataset.csv", f"label {bad[0]} outside 0..{num_classes - 1}", "fix num_classes")
     assert size is not None and mode is not None
     name = str(info.get("name") or root.name)
-    return DataSet(root, name, num_classes, tuple(records), size, mode, class_names)
+    return DataSet(root, name, num_classes, tuple(records), size, mode, class_names, _label_convention(info_path, info))
+
+
+def _label_convention(info_path: Path, info: dict) -> str | None:
+    """dataset.json's `label_convention`; an older NIPS 2017 set that has only `label_offset: 1` is TF-Slim's."""
+    convention = info.get("label_convention")
+    if convention is None:
+        return "tf-slim-1001" if info.get("label_offset") == 1 else None
+    if convention not in LABEL_CONVENTIONS:
+        raise DataSetError(
+            info_path, f"label_convention '{convention}' is unknown", f"use one of {', '.join(LABEL_CONVENTIONS)}"
+        )
+    return str(convention)
 
 
 def subset_dataset(source: Path, dest: Path, n: int) -> Path:

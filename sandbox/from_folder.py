@@ -44,6 +44,7 @@ class FolderOptions:
     num_classes: int | None = None  # None: the largest label plus one
     seed: int = DEFAULT_SEED  # draws TargetClass when the CSV has no such column
     name: str | None = None
+    label_convention: str | None = None  # for ImageNet labels: "tf-slim-1001" (1..1000) or "0-999"
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ def build_from_folder(
             "mode": options.mode,
             "crop": options.crop,
             "target_class": "from the labels CSV" if has_target else f"drawn uniformly, seed {options.seed}",
+            **({"label_convention": options.label_convention} if options.label_convention else {}),
         }
         write_atomically(tmp / "dataset.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"), durable=False)
         sync_filesystem(tmp)

@@ -40,6 +40,7 @@ class RunContext:
     dataset: DataSet
     runtime: Runtime
     use_gpu: bool = False
+    weights: Path | None = None  # mounted read-only into every piece (docs/imagenet.md)
 
 
 @dataclass
@@ -129,6 +130,8 @@ def _environment(ctx: RunContext, seed: int) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": threads,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        # Which labels a defense writes (ImageNet: 1..1000 for the NIPS 2017 sets, 0..999 otherwise).
+        **({"SANDBOX_LABEL_CONVENTION": ctx.dataset.label_convention} if ctx.dataset.label_convention else {}),
     }
 
 
@@ -156,6 +159,7 @@ def _job(
         time_limit_s=time_limit,
         limits=ctx.limits,
         gpus=gpu,
+        weights_dir=str(ctx.weights) if ctx.weights else None,
     )
 
 

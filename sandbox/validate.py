@@ -26,6 +26,7 @@ from sandbox.plan import AttackPiece, piece_seed
 from sandbox.runtime import Limits, make_runtime
 from sandbox.runtime.base import JobOutcome
 from sandbox.submission import Finding, Findings, Level, Submission, admit, size_problem, submission_id
+from sandbox.weights import check_folder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -274,8 +275,11 @@ def validate_submission(
     build_images: bool = True,
     seed: int = 0,
     isolation: str = "runc",
+    weights: Path | None = None,
 ) -> ValidationReport:
-    """Checks a submission folder or archive; never raises for a problem of the submission itself."""
+    """Checks a submission folder or archive; never raises for a problem of the submission itself.
+
+    `weights`: a folder of model weights mounted read-only into the trial, as `sandbox run --weights` does."""
     path = Path(path)
     limits = (limits or Limits()).for_workers(1)
     report = ValidationReport(path=str(path), id=submission_id(path))
@@ -301,15 +305,18 @@ def validate_submission(
         if image in problems:
             report.add("error", submission.root / "metadata.json", f"container: {problems[image]}")
             return report
-        _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed)
+        weights_dir = check_folder(weights) if weights is not None else None
+        _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed, weights_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed) -> None:
+def _trial(report, submission, dataset, limits, epsilon, images, runtime, work, seed, weights=None) -> None:
     sample = _sample(dataset, images)
-    ctx = RunContext(f"validate-{secrets.token_hex(4)}", work, secrets.token_hex(16), limits, dataset, runtime)
+    ctx = RunContext(
+        f"validate-{secrets.token_hex(4)}", work, secrets.token_hex(16), limits, dataset, runtime, weights=weights
+    )
     piece_id = f"validate/{submission.id}"
     if submission.type == "defense":
         inputs = {image_id: encode_png(dataset.load_pixels(image_id)) for image_id in sample}

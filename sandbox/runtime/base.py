@@ -89,6 +89,7 @@ class ContainerJob:
     time_limit_s: float
     limits: Limits
     gpus: str | None = None
+    weights_dir: str | None = None  # a host folder of model weights, read-only to the submission (docs/imagenet.md)
 
 
 @dataclass

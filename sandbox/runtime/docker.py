@@ -9,6 +9,7 @@ the files are read back through the keeper with `get_archive`, never by followin
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
-from sandbox.errors import HostFault, RuntimeUnavailable, one_line
+from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError, one_line
 from sandbox.image_names import image_tag, is_sandbox_image
 from sandbox.outputs_read import collect_tar_stream
 from sandbox.runtime.base import (
@@ -31,6 +32,8 @@ from sandbox.runtime.base import (
     JobOutcome,
     tail_text,
 )
+from sandbox.weights import ENV as WEIGHTS_ENV
+from sandbox.weights import MOUNT as WEIGHTS_MOUNT
 
 KEEPER_IMAGE = image_tag("base")
 DOCKER_HELP = (
@@ -94,6 +97,38 @@ def device_requests(gpus: str | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=gpus.split(","), capabilities=[["gpu"]])]
 
 
+NVIDIA_HOOK = "nvidia-container-runtime-hook"  # dockerd offers `--gpus` when it finds this at start-up
+GPU_RUNTIME_FIX = (
+    "install the NVIDIA Container Toolkit from NVIDIA's apt repository (it is not in Debian's main archive), run "
+    "`nvidia-ctk runtime configure --runtime=docker` and restart dockerd (docs/gpu.md)"
+)
+
+
+def gpu_access(info: dict) -> list[str]:
+    """The ways this Docker daemon (its `docker info`) can pass NVIDIA GPUs into a container; none: `--gpus`
+    fails at every GPU container. The hook is looked for on this host, where a local dockerd finds it."""
+    ways = []
+    if "nvidia" in (info.get("Runtimes") or {}):
+        ways.append("nvidia runtime registered")
+    if shutil.which(NVIDIA_HOOK):
+        ways.append(f"{NVIDIA_HOOK} installed")
+    cdi = [d for d in info.get("DiscoveredDevices") or [] if "nvidia" in str(d.get("ID", ""))]
+    if cdi:
+        ways.append(f"{len(cdi)} NVIDIA CDI devices")
+    return ways
+
+
+def require_gpu_access(info: dict, gpus: str) -> None:
+    """A run with `--gpus` stops before its first piece, in one line, when Docker cannot pass GPUs at all."""
+    if not gpu_access(info):
+        raise SandboxError(
+            f"--gpus {gpus}",
+            "Docker cannot pass GPUs into containers here: no GPU runtime (no nvidia runtime, no "
+            f"{NVIDIA_HOOK}, no NVIDIA CDI device)",
+            GPU_RUNTIME_FIX + "; or run without --gpus",
+        )
+
+
 class _MemoryPeak:
     """Samples a running container's memory use in a thread; cgroup v1 also reports its own maximum."""
 
@@ -128,8 +163,11 @@ class DockerRuntime:
         keeper_image: str = KEEPER_IMAGE,
         measure_memory: bool = False,
         keep_spares: int = 0,
+        gpus: str | None = None,
     ) -> None:
         """`oci_runtime` is e.g. `runsc` for gVisor; None uses the daemon's default (runc).
+
+        `gpus`: the run's `--gpus`; the daemon must be able to pass GPUs, or this raises before any piece runs.
 
         `keep_spares`: output folders (volume and keeper) to keep started ahead of the pieces that will use them;
         0 for a one-off caller such as `sandbox validate`, the run's workers for a run.
@@ -150,9 +188,12 @@ class DockerRuntime:
         self.keeper_image = keeper_image
         self.client = docker_client()
         try:
-            runtimes = self.client.info().get("Runtimes", {}) if oci_runtime else {}
+            info = self.client.info() if oci_runtime or gpus else {}
         except (DockerException, requests.RequestException) as exc:
             raise RuntimeUnavailable("", f"Docker is not reachable ({type(exc).__name__})", DOCKER_HELP) from None
+        runtimes = info.get("Runtimes") or {}
+        if gpus:
+            require_gpu_access(info, gpus)
         if oci_runtime and oci_runtime not in runtimes:
             raise RuntimeUnavailable(
                 "",
@@ -356,24 +397,29 @@ class DockerRuntime:
         limits = job.limits
         labels = {LABEL_APP: "1", LABEL_RUN: job.run_id, LABEL_PIECE: job.piece_id}
         args = [arg.format(input="/input_images", output=job.output_mount) for arg in job.args]
+        volumes = {
+            job.code_dir: {"bind": "/code", "mode": "ro"},
+            job.input_dir: {"bind": "/input_images", "mode": "ro"},
+            volume_name: {"bind": job.output_mount, "mode": "rw"},
+        }
+        environment = {**job.env, "HOME": "/tmp"}
+        if job.weights_dir:  # the same public files for every submission, never writable (docs/isolation.md)
+            volumes[job.weights_dir] = {"bind": WEIGHTS_MOUNT, "mode": "ro"}
+            environment[WEIGHTS_ENV] = WEIGHTS_MOUNT
         return self.client.containers.create(
             job.image,
             args,
             entrypoint=[f"./{job.entry_point}"],  # overrides any ENTRYPOINT the image sets
             name=_name(job.run_id, job.piece_id),
             working_dir="/code",
-            environment={**job.env, "HOME": "/tmp"},
+            environment=environment,
             init=True,
             mem_limit=limits.memory,
             memswap_limit=limits.memory,
             nano_cpus=int(limits.cpu_share() * 1e9),
             pids_limit=limits.pids,
-            tmpfs=self._tmpfs_mounts(job.image, limits.tmp_size, {"/code", "/input_images", job.output_mount}),
-            volumes={
-                job.code_dir: {"bind": "/code", "mode": "ro"},
-                job.input_dir: {"bind": "/input_images", "mode": "ro"},
-                volume_name: {"bind": job.output_mount, "mode": "rw"},
-            },
+            tmpfs=self._tmpfs_mounts(job.image, limits.tmp_size, {item["bind"] for item in volumes.values()}),
+            volumes=volumes,
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             device_requests=device_requests(job.gpus),
             **self._locked_down(labels),

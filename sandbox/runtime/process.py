@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sandbox.outputs_read import collect_folder
 from sandbox.runtime.base import ContainerJob, JobOutcome, tail_text
+from sandbox.weights import ENV as WEIGHTS_ENV
 
 WARNING = "--runtime process isolates nothing: submissions run as you, with your files and network. Trusted code only."
 
@@ -50,6 +51,8 @@ class ProcessRuntime:
             # Not the host's whole environment (tokens, credentials): only what a program needs to start.
             env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
             env.update({**job.env, "TMPDIR": out_root, "HOME": out_root})
+            if job.weights_dir:  # not read-only here: this runtime isolates nothing
+                env[WEIGHTS_ENV] = job.weights_dir
             if job.gpus and job.gpus != "all":
                 env["CUDA_VISIBLE_DEVICES"] = job.gpus
             elif not job.gpus:
