@@ -59,6 +59,9 @@ def _epsilons(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(exc.message) from None
 
 
+WEIGHTS_HELP = "Folder of model weights, mounted read-only at /weights into every piece (`sandbox weights fetch`)."
+
+
 def progress_bar() -> Progress:
     """One look for every progress bar: name, bar, done/total, elapsed and the estimate of what remains."""
     columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
@@ -300,6 +303,18 @@ def main() -> None:
     help="GPUs: 'all' or ids like 0,1. Submissions with a container_gpu run one piece per GPU, beside "
     "--jobs CPU pieces.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where pieces run: threads on this machine, or Ray tasks (a local Ray instance, or --ray-address).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --executor ray: the Ray cluster to join (head IP:port, as `ray start --head` prints it).",
+)
 @limit_options
 @_seconds(
     "--docker-wait",
@@ -308,6 +323,7 @@ def main() -> None:
 )
 @click.option("--strict", is_flag=True, help="Exit 1 when a submission was left out or a piece failed.")
 @click.option("--no-build", is_flag=True, help="Do not build missing sandbox images; leave their submissions out.")
+@click.option("--weights", type=click.Path(path_type=Path), help=WEIGHTS_HELP)
 def run(**flags) -> None:
     """Run every attack on the data set and every defense on their images; write scores."""
     options = resolve_options(_run_options(**flags))
@@ -353,9 +369,12 @@ def _print_settings(options: RunOptions) -> None:
     console.print(
         f"limits per piece: {limits.time_per_100_images:g} s per 100 images (at least {limits.min_time:g} s), "
         f"memory {limits.memory}, {limits.cpu_share():g} CPUs, {limits.pids} processes, output {limits.output_size}, "
-        f"network none; epsilon {','.join(map(str, options.epsilon))}; jobs {options.jobs}; runtime {runtime}",
+        f"network none; epsilon {','.join(map(str, options.epsilon))}; jobs {options.jobs}; runtime {runtime}"
+        + (f"; executor ray ({options.ray_address or 'local instance'})" if options.executor == "ray" else ""),
         highlight=False,
     )
+    if options.weights:
+        console.print(_safe(f"weights: {options.weights}, read-only at /weights in every piece"), highlight=False)
 
 
 def _run_with_progress(options: RunOptions) -> RunResult:
@@ -400,6 +419,7 @@ def _print_summary(result: RunResult) -> int:
 @limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Warnings count as errors.")
+@click.option("--weights", type=click.Path(path_type=Path), help=WEIGHTS_HELP)
 def validate(
     submission,
     dataset,
@@ -410,13 +430,16 @@ def validate(
     isolation,
     as_json,
     strict,
+    weights,
 ) -> None:
     """Check a submission exactly as the organizers' run will, trial run included."""
     import json
 
     from sandbox.validate import validate_submission
 
-    report = validate_submission(submission, dataset, limits, epsilon, images, runtime_name, isolation=isolation)
+    report = validate_submission(
+        submission, dataset, limits, epsilon, images, runtime_name, isolation=isolation, weights=weights
+    )
     if as_json:
         out_console.print_json(json.dumps(report.to_dict(strict)))
     else:
@@ -578,13 +601,28 @@ def dataset_fetch(source: Path, out: Path, workers: int, retries: int, timeout: 
 @click.option("--num-classes", default=None, type=click.IntRange(1), help="Default: the largest label plus one.")
 @click.option("--seed", default=2017, show_default=True, type=int, help="Draws TargetClass when the CSV has none.")
 @click.option("--name", default=None, help="The data set's name in reports. Default: DIR's name and image count.")
+@click.option(
+    "--label-convention",
+    type=click.Choice(["tf-slim-1001", "0-999"]),
+    default=None,
+    help="ImageNet labels: 1..1000 with 0 = background (NIPS 2017), or 0..999; samples convert (docs/imagenet.md).",
+)
 def dataset_from_folder(
-    folder: Path, out: Path, labels: Path, size: str, crop: str, mode: str, num_classes, seed: int, name
+    folder: Path,
+    out: Path,
+    labels: Path,
+    size: str,
+    crop: str,
+    mode: str,
+    num_classes,
+    seed: int,
+    name,
+    label_convention: str | None,
 ) -> None:
     """Build a data set in OUT from your own images in DIR and a labels CSV: crop, resize, PNG (docs/datasets.md)."""
     from sandbox.from_folder import FolderOptions, build_from_folder, parse_size
 
-    options = FolderOptions(parse_size(size), crop, mode, num_classes, seed, name)
+    options = FolderOptions(parse_size(size), crop, mode, num_classes, seed, name, label_convention)
     bar = progress_bar()
     tasks: list[TaskID] = []
 
@@ -604,6 +642,45 @@ def dataset_from_folder(
 
 
 @main.group()
+def weights() -> None:
+    """Model weights for the ImageNet samples: fetch them, check a folder (docs/imagenet.md)."""
+
+
+@weights.command("fetch")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, help="A timm model id (repeatable). Default: the samples' three.")
+@click.option("--hub-url", default=None, help="The hub or a mirror. Default: $SANDBOX_WEIGHTS_HUB or Hugging Face.")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1), help="Seconds without data.")
+def weights_fetch(folder: Path, models: tuple[str, ...], hub_url: str | None, timeout: float) -> None:
+    """Download the models' weights into DIR; a rerun downloads only what is missing. Exit 1 on any failure."""
+    from sandbox.weights import MODELS, fetch_weights
+
+    result = fetch_weights(folder, models or MODELS, hub_url, timeout, log=lambda line: out_console.print(_safe(line)))
+    out_console.print(
+        _safe(
+            f"{result.folder}: {len(result.fetched)} fetched, {len(result.present)} already there, "
+            f"{len(result.failures)} failed"
+        ),
+        highlight=False,
+    )
+    sys.exit(1 if result.failures else 0)
+
+
+@weights.command("check")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, help="A timm model id (repeatable). Default: the samples' three.")
+def weights_check(folder: Path, models: tuple[str, ...]) -> None:
+    """Check that DIR holds each model's whole weights file, as fetched. Exit 1 naming each one that is not."""
+    from sandbox.weights import MODELS, verify_folder
+
+    problems = verify_folder(folder, models or MODELS)
+    for model in models or MODELS:
+        line = f"[red]{_safe(model)}: {_safe(problems[model])}[/red]" if model in problems else f"{_safe(model)}: ok"
+        out_console.print(line, highlight=False)
+    sys.exit(1 if problems else 0)
+
+
+@main.group()
 def images() -> None:
     """Build the runtime images the samples use."""
 
@@ -613,8 +690,13 @@ def images() -> None:
     "--target",
     "targets",
     multiple=True,
-    type=click.Choice(["base", "torch-cpu", "tensorflow-cpu"]),
-    help="Image to build (repeatable). Default: all.",
+    type=click.Choice(["base", "torch-cpu", "tensorflow-cpu", "torch-gpu", "tensorflow-gpu"]),
+    help="Image to build (repeatable). Default: the CPU images (base, torch-cpu, tensorflow-cpu).",
+)
+@click.option(
+    "--gpu",
+    is_flag=True,
+    help="Also build the GPU images torch-gpu and tensorflow-gpu (about 3 GB of CUDA wheels each; docs/gpu.md).",
 )
 @click.option(
     "--base-image",
@@ -632,14 +714,19 @@ def images() -> None:
     help="Offline: a folder with one subfolder of wheels per target; nothing is downloaded.",
 )
 @click.option("--force", is_flag=True, help="Rebuild even when the content hash label matches.")
-def images_build(targets, base_image, index_url, extra_index_urls, find_links, wheel_dir, force) -> None:
+@click.option("--dry-run", is_flag=True, help="Only say which images would be built and why; download nothing.")
+def images_build(targets, gpu, base_image, index_url, extra_index_urls, find_links, wheel_dir, force, dry_run) -> None:
     """Build the images (offline from wheels downloaded on the host)."""
-    from sandbox.images import TARGETS, WheelSource, build_images
+    from sandbox.images import WheelSource, build_images, build_targets, plan_builds
 
+    chosen = build_targets(tuple(targets), gpu)
+    if dry_run:
+        for plan in plan_builds(chosen, force):
+            verdict = {True: "would build", False: "up to date", None: "would download its wheels, then compare"}
+            out_console.print(_safe(f"{plan.tag}: {verdict[plan.build]} ({plan.why})"), highlight=False)
+        return
     source = WheelSource(index_url, tuple(extra_index_urls), tuple(find_links), wheel_dir)
-    built = build_images(
-        tuple(targets) or TARGETS, base_image, source, force, log=lambda line: console.print(line, highlight=False)
-    )
+    built = build_images(chosen, base_image, source, force, log=lambda line: console.print(line, highlight=False))
     for image in built:
         state = "up to date" if image.skipped else f"built in {image.seconds:.1f} s"
         out_console.print(f"{image.tag}: {state}")
@@ -660,12 +747,17 @@ def images_build(targets, base_image, index_url, extra_index_urls, find_links, w
     show_default=True,
     help="gvisor: a missing runsc runtime is a failure, not a warning.",
 )
-def doctor(data, out, min_free, isolation) -> None:
+@click.option(
+    "--gpus",
+    default=None,
+    help="The run's --gpus ('all' or ids like 0,1): a missing GPU runtime is a failure, and the GPU images count.",
+)
+def doctor(data, out, min_free, isolation, gpus) -> None:
     """Check what a run needs (Docker, limits, images, gVisor, GPUs, disk, data set); exit 1 if it is not there."""
     from sandbox.doctor import render, run_checks
 
     checks = []
-    for check in run_checks(data, out, min_free, isolation):
+    for check in run_checks(data, out, min_free, isolation, gpus=gpus):
         checks.append(check)
         out_console.print(render(check, _safe), highlight=False)
     failed = [check.name for check in checks if check.failed]

@@ -25,16 +25,17 @@ from sandbox import __version__
 from sandbox.bundled import default_dataset_dir, sample_dirs
 from sandbox.dataset import DataSet, load_dataset
 from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError
-from sandbox.executor import Task, run_tasks
+from sandbox.executor import Executor, PieceRequest, Task, make_executor
+from sandbox.executor.base import Messages
 from sandbox.image_names import is_sandbox_image
 from sandbox.intake import exclude, gather, track_versions
 from sandbox.pieces import AttackPieceResult, DefensePieceResult, RunContext, run_attack_piece, run_defense_piece
 from sandbox.plan import AttackPiece, DefensePiece, piece_seed, plan_attack_pieces, plan_defense_pieces
 from sandbox.reporting import build_results, write_nips_files, write_report_html, write_results
 from sandbox.runtime import Limits, Runtime, make_runtime
-from sandbox.runtime.base import default_workers
+from sandbox.runtime.base import default_workers, size_bytes
 from sandbox.scoring import compute_scores
-from sandbox.store import PieceRecord, RunStore, write_atomically
+from sandbox.store import PieceRecord, RunStore, adversarial_image_path, write_atomically
 from sandbox.submission import LeftOut, Submission, SubmissionSet, SubmissionType, size_problem
 
 
@@ -63,6 +64,9 @@ class RunOptions:
     limits: Limits = field(default_factory=Limits)
     build_images: bool = True
     docker_wait: float = 300.0  # seconds a run waits for a daemon that stopped answering, then stops cleanly
+    executor: str | Executor = "local"  # `local` (threads), `ray` (docs/scaling.md), or an executor object
+    ray_address: str | None = None  # a Ray cluster to join; None with `ray`: a local instance for the run
+    weights: Path | None = None  # model weights mounted read-only at /weights into every piece (docs/imagenet.md)
 
     def scoring_settings(self) -> dict:
         """The settings a resumed run must share with the first one, or its scores would mix two runs."""
@@ -154,6 +158,16 @@ def _check_images(runtime: Runtime, sets: dict[str, SubmissionSet], options: Run
     _leave_out(sets, lambda s: f"{s.root}: {problems[s.image(use_gpu)]}" if s.image(use_gpu) in problems else None)
 
 
+def _weights_record(folder: Path | None) -> dict | None:
+    """The weights folder and the digest of every file in it: the same bytes for every submission, on record."""
+    if folder is None:
+        return None
+    from sandbox.weights import check_folder, folder_digests
+
+    path = check_folder(folder)
+    return {"path": str(path), "sha256": folder_digests(path)}
+
+
 def _manifest(
     options: RunOptions,
     run_id: str,
@@ -180,7 +194,10 @@ def _manifest(
             "docker_wait_s": options.docker_wait,
             "limits": asdict(options.limits),
             "drop_incomplete": options.drop_incomplete,
+            "executor": options.executor if isinstance(options.executor, str) else options.executor.name,
+            "ray_address": options.ray_address,
         },
+        "weights": _weights_record(options.weights),
         "dataset": {
             "path": str(dataset.root),
             "name": dataset.name,
@@ -300,7 +317,14 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
     out = Path(options.out)
     if min(options.jobs, options.batch_size, options.attack_piece_size, options.defense_batch_size) < 1:
         raise SandboxError("options", "jobs, batch size, attack piece size and defense batch size must be at least 1")
-    runtime = make_runtime(options.runtime, options.isolation, keep_spares=options.jobs)
+    executor = make_executor(options.executor, options.runtime, options.isolation, options.gpus, options.ray_address)
+    driver_gpus = options.gpus if executor.pieces_run_here else None  # else the workers' runtimes check GPUs
+    runtime = make_runtime(options.runtime, options.isolation, keep_spares=options.jobs, gpus=driver_gpus)
+    try:
+        executor.start()  # joins a Ray cluster, or starts Ray, before the run folder is made
+    except BaseException:
+        runtime.close()
+        raise
     if options.runtime == "process":
         from sandbox.runtime.process import WARNING
 
@@ -312,23 +336,33 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
     try:
         starting = new_folder  # until admission is done, a failure leaves no run folder behind
         sets, dataset, manifest = _admit_all(options, out, runtime, store, run_id, events)
+        wanted = {_wants_gpu(options, s) for subs in sets.values() for s in subs.submissions}
+        executor.check([_piece_request(options, gpu) for gpu in sorted(wanted)])  # before any piece runs
         starting = False
-        ctx = RunContext(run_id, out.resolve(), secret, options.limits, dataset, runtime, use_gpu=bool(options.gpus))
-        run = _Run(options, sets, ctx, store, store.finished_piece_ids(), events, options.jobs)
+        shipped, messages = executor.for_pieces(runtime, events)  # a Ray worker gets what it can hold
+        ctx = RunContext(run_id, out.resolve(), secret, options.limits, dataset, shipped, use_gpu=bool(options.gpus))
+        if manifest.get("weights"):
+            ctx = replace(ctx, weights=Path(manifest["weights"]["path"]))
+        run = _Run(options, sets, ctx, store, store.finished_piece_ids(), events, options.jobs, executor, messages)
         resumed = _run_attacks(run) + _run_defenses(run)
         for leftover in ("work", "clean"):
             shutil.rmtree(out / leftover, ignore_errors=True)
+        executor.cleanup_run(run_id)  # what the run left on a cluster's machines (first: workers may still remove)
         runtime.cleanup_run(run_id)  # containers a host fault left behind, if any
         manifest["run_wall_s"] = round(time.monotonic() - started, 3)
         write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         results = write_outputs(out, store, dataset, manifest)
     except BaseException:
+        _stop_containers(executor, run_id, events)
         _stop_containers(runtime, run_id, events)  # an interrupt, Docker going away: a resume re-runs those pieces
         discard = starting
         raise
     finally:
         try:
-            runtime.close()
+            try:
+                runtime.close()
+            finally:
+                executor.close()
         finally:
             store.close()
             if discard:
@@ -366,7 +400,7 @@ def _admit_all(
     return sets, dataset, manifest
 
 
-def _stop_containers(runtime: Runtime, run_id: str, events: Events) -> None:
+def _stop_containers(runtime: Runtime | Executor, run_id: str, events: Events) -> None:
     """Best effort while a run stops: a failure here must not hide the error that stopped the run."""
     try:
         runtime.cleanup_run(run_id)
@@ -387,6 +421,17 @@ class _Run:
     finished: set[str]  # piece ids stored by an earlier, interrupted run of this folder
     events: Events
     jobs: int
+    executor: Executor
+    messages: Messages  # what a piece's host-fault retry reports to: `events`, or a worker's log on a cluster
+
+
+def _wants_gpu(options: RunOptions, submission: Submission) -> bool:
+    return bool(options.gpus and submission.metadata.container_gpu)
+
+
+def _piece_request(options: RunOptions, gpu: bool) -> PieceRequest:
+    """What one piece holds while it runs, from the limits its container gets."""
+    return PieceRequest(options.limits.cpu_share(), size_bytes(options.limits.memory), gpu)
 
 
 def _run_phase(
@@ -402,9 +447,11 @@ def _run_phase(
     were finished before (a resume keeps them)."""
     todo = [piece for piece in pieces if piece.piece_id not in run.finished]
     run.events.phase(name, len(pieces), len(pieces) - len(todo))
-    tasks = [_retrying_host_faults(task_of(piece), run.ctx.runtime, run.options, run.events) for piece in todo]
-    wants_gpu = [bool(run.options.gpus and subs[piece.submission_id].metadata.container_gpu) for piece in todo]
-    for result in run_tasks(tasks, run.jobs, run.options.gpus, wants_gpu=wants_gpu):
+    out, wait_s = Path(run.options.out or "."), run.options.docker_wait
+    tasks = [_retrying_host_faults(task_of(piece), run.ctx.runtime, wait_s, out, run.messages) for piece in todo]
+    wants_gpu = [_wants_gpu(run.options, subs[piece.submission_id]) for piece in todo]
+    request = partial(_piece_request, run.options)
+    for result in run.executor.run_tasks(tasks, run.jobs, run.options.gpus, wants_gpu, request):
         run.events.piece_done(store_result(result))
     return len(pieces) - len(todo)
 
@@ -442,11 +489,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _retrying_host_faults(task: Task[T], runtime: Runtime, options: RunOptions, events: Events) -> Task[T]:
+def _retrying_host_faults(
+    task: Task[T], runtime: Runtime, docker_wait: float, out: Path, events: Messages
+) -> Task[T]:
     """Runs a piece again when the host failed it: the submission is scored only on what it did itself.
 
     A daemon that stopped answering is waited for (--docker-wait); any other host fault is retried a few times.
-    When neither helps, the run stops with one line; the pieces already stored are kept for a resume.
+    When neither helps, the run stops with one line; the pieces already stored are kept for a resume. It holds only
+    what a Ray worker can be sent (the executor's runtime and messages).
     """
 
     def call(gpu: str | None) -> T:
@@ -454,12 +504,12 @@ def _retrying_host_faults(task: Task[T], runtime: Runtime, options: RunOptions, 
             try:
                 return task(gpu)
             except RuntimeUnavailable as exc:
-                events.warning(f"{exc}; waiting up to {options.docker_wait:g} s for it to come back (--docker-wait)")
-                if not runtime.wait_until_available(options.docker_wait):
+                events.warning(f"{exc}; waiting up to {docker_wait:g} s for it to come back (--docker-wait)")
+                if not runtime.wait_until_available(docker_wait):
                     raise RuntimeUnavailable(
                         "",
-                        f"Docker did not answer for {options.docker_wait:g} s",
-                        f"start it (`docker info`) and resume the run folder {options.out}",
+                        f"Docker did not answer for {docker_wait:g} s",
+                        f"start it (`docker info`) and resume the run folder {out}",
                     ) from None
                 events.message("Docker answers again; re-running the interrupted piece")
             except HostFault as exc:
@@ -467,7 +517,7 @@ def _retrying_host_faults(task: Task[T], runtime: Runtime, options: RunOptions, 
                     raise HostFault(
                         exc.where,
                         f"{exc.problem}; tried {HOST_FAULT_TRIES} times, stopping",
-                        f"fix the host and resume the run folder {options.out}",
+                        f"fix the host and resume the run folder {out}",
                     ) from None
                 events.warning(f"{exc}; the host's fault, not the submission's: trying the piece again")
                 time.sleep(2.0 * attempt)
@@ -504,7 +554,7 @@ def _run_defenses(run: _Run) -> int:
         run.store.record_defense_piece(result.record, result.labels)
         return result.record
 
-    adversarial_path = run.store.adversarial_path
+    adversarial_path = partial(adversarial_image_path, run.store.run_dir)  # a Ray worker can hold it
     return _run_phase(
         run,
         "defenses",

@@ -20,12 +20,12 @@ from subprocess import DEVNULL
 import docker
 import pytest
 
-from sandbox import run_competition
+from sandbox import Limits, run_competition
 from sandbox.competition import Events
 from sandbox.errors import HostFault, SandboxError
 from sandbox.runtime.base import LABEL_RUN
 from tests.conftest import IN_CI
-from tests.submissions import BASE, FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
+from tests.submissions import FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
 from tests.test_competition import folders, options, read_csv
 
 pytestmark = pytest.mark.usefixtures("docker_ready")
@@ -225,23 +225,13 @@ def test_a_docker_restart_mid_run_is_waited_for_and_gives_the_same_scores(tmp_pa
 
 
 def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_anyone(tmp_path, small_dataset):
-    # Asking for a GPU on a machine whose Docker has none is refused by the daemon: the host's fault.
-    probe = docker.from_env().containers.create(
-        BASE,
-        ["true"],
-        device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
-    )
-    try:
-        probe.start()
-        pytest.skip("this Docker has a GPU: it does not refuse GPU containers")
-    except docker.errors.APIError:
-        pass
-    finally:
-        probe.remove(force=True)
-    two_attacks_one_defense(tmp_path, container_gpu=BASE)  # GPU submissions: every piece asks for GPU 0
+    # Docker refuses to create any container below its minimum memory limit (6 MB): a daemon that refuses every
+    # container, whatever the submission does. (A GPU request on a GPU-less Docker used to stand in for this; a run
+    # with --gpus now stops before any piece when Docker has no GPU runtime.)
+    two_attacks_one_defense(tmp_path)
     run = tmp_path / "run"
     with pytest.raises(HostFault) as error:
-        run_competition(options(tmp_path, small_dataset, out=run, gpus="0"))
+        run_competition(options(tmp_path, small_dataset, out=run, limits=Limits(memory="4m")))
     message = str(error.value)
     assert "\n" not in message and "Docker failed the container" in message
     assert f"resume the run folder {run}" in message
