@@ -7,6 +7,7 @@ or as a head the test starts itself and stops by its process group, never with a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -361,15 +362,21 @@ def test_a_run_joins_a_head_started_with_ray_start_and_token_auth(tmp_path, loca
         assert "no node can run a piece that needs 1 GPU" in errors[0] and not (tmp_path / "gpu").exists()
         assert time.monotonic() - started < 60
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        _signal_group(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:  # `ray start --block` may leave its GCS server waiting on SIGTERM
             pass
-        os.killpg(head.pid, signal.SIGKILL)  # the group: the head and every process it started, nothing else
+        _signal_group(head.pid, signal.SIGKILL)  # the group: the head and every process it started, nothing else
         head.wait()
         _wait_until_gone(head.pid)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    """Signals the head's process group; a group whose every process has already exited is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
 
 
 def _wait_until_gone(group: int, timeout_s: float = 10.0) -> None:
