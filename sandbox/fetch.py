@@ -152,6 +152,16 @@ def read_source(path: Path, limit: int | None = None) -> tuple[list[str], list[S
 
 def download(session: requests.Session, url: str, options: FetchOptions) -> bytes:
     """The body of `url`, or FetchFailed: bounded in time (connect, read and a total deadline) and in size."""
+    body = bytearray()
+    stream_download(session, url, options, body.extend)
+    return bytes(body)
+
+
+def stream_download(
+    session: requests.Session, url: str, options: FetchOptions, write: Callable[[bytes], object]
+) -> int:
+    """`download`, with each piece of the body handed to `write` as it arrives (a weights file goes to disk, not
+    to memory); returns the body's size. A FetchFailed may come after some pieces were written."""
     if not url.lower().startswith(("http://", "https://")):
         raise FetchFailed(f"URL scheme not http or https: {url[:80]}")
     deadline = time.monotonic() + options.deadline_s
@@ -165,11 +175,11 @@ def download(session: requests.Session, url: str, options: FetchOptions) -> byte
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > options.max_bytes:
                 raise FetchFailed(f"body of {declared} bytes is over the limit of {options.max_bytes}")
-            body = _read_body(response, options, deadline)
+            size = _read_body(response, options, deadline, write)
             encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            if declared and declared.isdigit() and not encoded and len(body) < int(declared):
-                raise FetchFailed(f"truncated body: {len(body)} of {declared} bytes", transient=True)
-            return body
+            if declared and declared.isdigit() and not encoded and size < int(declared):
+                raise FetchFailed(f"truncated body: {size} of {declared} bytes", transient=True)
+            return size
     except (TimeoutError, urllib3.exceptions.ReadTimeoutError):
         raise FetchFailed("read timeout", transient=True) from None
     except urllib3.exceptions.ProtocolError:
@@ -189,20 +199,24 @@ def download(session: requests.Session, url: str, options: FetchOptions) -> byte
         raise FetchFailed(f"request failed: {one_line(exc, 200)}") from None
 
 
-def _read_body(response: requests.Response, options: FetchOptions, deadline: float) -> bytes:
-    """The body, read as it arrives: `read1` returns after one network read, so a server that trickles a byte
-    at a time (never idle long enough for the read timeout) still ends at the deadline."""
+def _read_body(
+    response: requests.Response, options: FetchOptions, deadline: float, write: Callable[[bytes], object]
+) -> int:
+    """Hands the body to `write` as it arrives and returns its size: `read1` returns after one network read, so a
+    server that trickles a byte at a time (never idle long enough for the read timeout) still ends at the
+    deadline."""
     raw = response.raw
-    body = bytearray()
+    size = 0
     while True:
         if time.monotonic() > deadline:
             raise FetchFailed(f"not complete after {options.deadline_s:g} s", transient=True)
         chunk = raw.read1(_CHUNK, decode_content=True) if hasattr(raw, "read1") else raw.read(1024, True)
         if not chunk:
-            return bytes(body)
-        body += chunk
-        if len(body) > options.max_bytes:
+            return size
+        size += len(chunk)
+        if size > options.max_bytes:
             raise FetchFailed(f"body over the limit of {options.max_bytes} bytes")
+        write(chunk)
 
 
 def to_png(data: bytes, box: tuple[float, float, float, float], size: int = IMAGE_SIZE) -> bytes:

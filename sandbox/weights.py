@@ -8,7 +8,6 @@ its SHA-256, and the run's manifest records the digest of every file the submiss
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -20,11 +19,10 @@ from pathlib import Path
 import requests
 
 from sandbox.errors import SandboxError, one_line
-from sandbox.store import write_atomically
+from sandbox.fetch import FetchFailed, FetchOptions, stream_download
+from sandbox.store import sha256_file, write_atomically
 
 MODELS = ("inception_v3.tf_in1k", "inception_v3.tf_adv_in1k", "inception_resnet_v2.tf_ens_adv_in1k")
-MOUNT = "/weights"  # where a container sees the folder; the process runtime passes the host path instead
-ENV = "SANDBOX_WEIGHTS"  # set for a piece only when the run has a weights folder
 DEFAULT_HUB = "https://huggingface.co"
 HUB_ENV = "SANDBOX_WEIGHTS_HUB"  # another hub or a mirror (the tests use a local server)
 INDEX = "weights.json"
@@ -71,14 +69,6 @@ def safetensors_problem(path: Path) -> str | None:
     if 8 + length + max(ends) != size:
         return f"truncated or padded: {size} bytes, the header describes {8 + length + max(ends)}"
     return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_index(folder: Path) -> dict[str, dict]:
@@ -139,20 +129,11 @@ class FetchResult:
 
 
 def _download(url: str, dest: Path, timeout_s: float) -> None:
-    """Streams `url` into `dest` (a .part file beside the final one), bounded in size and in time."""
-    deadline = time.monotonic() + max(timeout_s * 20, 600)
-    with requests.get(url, stream=True, timeout=(10, timeout_s), allow_redirects=True) as response:
-        if response.status_code != 200:
-            raise SandboxError(url, f"HTTP {response.status_code}")
-        written = 0
-        with dest.open("wb") as f:
-            for chunk in response.iter_content(1 << 20):
-                written += len(chunk)
-                if written > MAX_FILE:
-                    raise SandboxError(url, f"larger than {MAX_FILE >> 20} MiB")
-                if time.monotonic() > deadline:
-                    raise SandboxError(url, "too slow: the download passed its deadline")
-                f.write(chunk)
+    """Streams `url` into `dest` (a .part file beside the final one) through the data set fetch's download:
+    bounded in size, in time without data and in total time (a trickling server too), truncation detected."""
+    options = FetchOptions(read_timeout_s=timeout_s, deadline_s=max(timeout_s * 20, 600), max_bytes=MAX_FILE)
+    with requests.Session() as session, dest.open("wb") as f:
+        stream_download(session, url, options, f.write)
 
 
 def fetch_weights(
@@ -187,9 +168,9 @@ def fetch_weights(
                 if problem is None:
                     break
                 reason = f"{url}: {problem}"
-            except SandboxError as exc:
-                reason = str(exc)
-            except (requests.RequestException, OSError) as exc:
+            except FetchFailed as exc:
+                reason = f"{url}: {exc.reason}"
+            except OSError as exc:
                 reason = f"{url}: {type(exc).__name__} ({one_line(exc, 160)})"
             if attempt < retries:
                 time.sleep(0.5 * 2**attempt)
