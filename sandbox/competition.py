@@ -7,7 +7,6 @@ The run folder holds everything: `manifest.json` (every setting), `store.sqlite`
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import platform
 import secrets
@@ -35,7 +34,7 @@ from sandbox.reporting import build_results, write_nips_files, write_report_html
 from sandbox.runtime import Limits, Runtime, make_runtime
 from sandbox.runtime.base import default_workers, size_bytes
 from sandbox.scoring import compute_scores
-from sandbox.store import PieceRecord, RunStore, adversarial_image_path, write_atomically
+from sandbox.store import PieceRecord, RunStore, adversarial_image_path, sha256_file, write_atomically
 from sandbox.submission import LeftOut, Submission, SubmissionSet, SubmissionType, size_problem
 
 
@@ -105,10 +104,6 @@ class RunResult:
 
 def default_out_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _load_all(options: RunOptions, out: Path) -> tuple[dict[str, SubmissionSet], DataSet]:
@@ -205,7 +200,7 @@ def _manifest(
             "size": list(dataset.size),
             "mode": dataset.mode,
             "num_classes": dataset.num_classes,
-            "csv_sha256": _sha256_file(dataset.root / "dataset.csv"),
+            "csv_sha256": sha256_file(dataset.root / "dataset.csv"),
         },
         "submissions": {
             kind: [
@@ -219,7 +214,7 @@ def _manifest(
                     "container": s.image(bool(options.gpus)),
                     "entry_point": s.metadata.entry_point,
                     "source_model": s.metadata.source_model,
-                    "metadata_sha256": _sha256_file(s.root / "metadata.json"),
+                    "metadata_sha256": sha256_file(s.root / "metadata.json"),
                     "warnings": list(s.warnings),
                 }
                 for s in subs.submissions
@@ -340,9 +335,8 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
         executor.check([_piece_request(options, gpu) for gpu in sorted(wanted)])  # before any piece runs
         starting = False
         shipped, messages = executor.for_pieces(runtime, events)  # a Ray worker gets what it can hold
-        ctx = RunContext(run_id, out.resolve(), secret, options.limits, dataset, shipped, use_gpu=bool(options.gpus))
-        if manifest.get("weights"):
-            ctx = replace(ctx, weights=Path(manifest["weights"]["path"]))
+        weights = Path(manifest["weights"]["path"]) if manifest["weights"] else None  # checked, resolved
+        ctx = RunContext(run_id, out.resolve(), secret, options.limits, dataset, shipped, bool(options.gpus), weights)
         run = _Run(options, sets, ctx, store, store.finished_piece_ids(), events, options.jobs, executor, messages)
         resumed = _run_attacks(run) + _run_defenses(run)
         for leftover in ("work", "clean"):

@@ -8,6 +8,7 @@ exactly the pieces with no row.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import sqlite3
@@ -86,6 +87,15 @@ class AdversarialRecord:
     epsilon: int
     failed: bool
     clipped_pixels: int
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in blocks: weights files are hundreds of MB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sandbox.archives import ARCHIVE_SUFFIXES, archive_problems, is_archive, is_image_archive, unpack_archive
 from sandbox.errors import SandboxError, SubmissionError
+from sandbox.store import sha256_file
 
 SubmissionType = Literal["attack", "targeted_attack", "defense"]
 Level = Literal["error", "warning"]
@@ -309,23 +310,15 @@ def content_digest(path: Path) -> str:
     """SHA-256 of an archive's bytes, or of a folder's files (relative names and contents, links as their
     targets' names): what identifies one version of a submission."""
     if path.is_file():
-        return _file_digest(path).hexdigest()
+        return sha256_file(path)
     digest = hashlib.sha256()
     for entry in sorted(path.rglob("*")):
         relative = entry.relative_to(path).as_posix().encode("utf-8", "surrogateescape")
         if entry.is_symlink():
             digest.update(b"L" + relative + b"\0" + os.readlink(entry).encode("utf-8", "surrogateescape") + b"\0")
         elif entry.is_file():
-            digest.update(b"F" + relative + b"\0" + _file_digest(entry).digest())
+            digest.update(b"F" + relative + b"\0" + bytes.fromhex(sha256_file(entry)))
     return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> hashlib._Hash:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest
 
 
 def size_problem(submission: Submission, size: tuple[int, int]) -> SubmissionError | None:
