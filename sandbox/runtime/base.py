@@ -14,6 +14,10 @@ LABEL_APP = "org.adversarial-sandbox"
 LABEL_RUN = "org.adversarial-sandbox.run"
 LABEL_PIECE = "org.adversarial-sandbox.piece"
 SUBMISSION_UID = "65534:65534"
+# A run's weights folder (`--weights`): where a container sees it, and the variable naming it (set for a piece only
+# when the run has one; the process runtime passes the host path instead).
+WEIGHTS_MOUNT = "/weights"
+WEIGHTS_ENV = "SANDBOX_WEIGHTS"
 # What is read back from an output folder: a piece writes at most this many files, each at most this big.
 MAX_OUTPUT_FILES = 100_000
 MAX_OUTPUT_FILE_BYTES = 64 * 1024**2

@@ -28,12 +28,12 @@ from sandbox.runtime.base import (
     LABEL_PIECE,
     LABEL_RUN,
     SUBMISSION_UID,
+    WEIGHTS_ENV,
+    WEIGHTS_MOUNT,
     ContainerJob,
     JobOutcome,
     tail_text,
 )
-from sandbox.weights import ENV as WEIGHTS_ENV
-from sandbox.weights import MOUNT as WEIGHTS_MOUNT
 
 KEEPER_IMAGE = image_tag("base")
 DOCKER_HELP = (

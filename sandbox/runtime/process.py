@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from sandbox.outputs_read import collect_folder
-from sandbox.runtime.base import ContainerJob, JobOutcome, tail_text
-from sandbox.weights import ENV as WEIGHTS_ENV
+from sandbox.runtime.base import WEIGHTS_ENV, ContainerJob, JobOutcome, tail_text
 
 WARNING = "--runtime process isolates nothing: submissions run as you, with your files and network. Trusted code only."
 
