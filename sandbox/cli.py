@@ -24,6 +24,7 @@ from rich.table import Table
 
 from sandbox.competition import Events, RunOptions, RunResult, rebuild_report, resolve_options, run_competition
 from sandbox.errors import ImageBuildError, RuntimeUnavailable, SandboxError
+from sandbox.executor.select import EXECUTORS
 from sandbox.plan import parse_epsilons
 from sandbox.runtime.base import Limits
 from sandbox.scoring import places
@@ -305,7 +306,7 @@ def main() -> None:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
+    type=click.Choice(EXECUTORS),
     default="local",
     show_default=True,
     help="Where pieces run: threads on this machine, or Ray tasks (a local Ray instance, or --ray-address).",

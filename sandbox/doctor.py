@@ -315,8 +315,10 @@ def run_checks(
     """
     client, info, docker_check = check_docker()
     yield docker_check
-    ours = sandbox_images(gpu=bool(gpus))
-    tags = ours if images is None else {tag: ours.get(tag) or sandbox_images(gpu=True).get(tag) for tag in images}
+    if images is None:
+        tags = sandbox_images(gpu=bool(gpus))
+    else:
+        tags = {tag: sandbox_images(gpu=True).get(tag) for tag in images}
     if client is None:
         for name in ("limits", *(_image_check_name(tag, target) for tag, target in tags.items()), "gvisor", "gpus"):
             yield Check(name, "skip", "not checked: needs Docker")
