@@ -28,7 +28,14 @@ from sandbox.executor import Executor, PieceRequest, Task, make_executor
 from sandbox.executor.base import Messages
 from sandbox.image_names import is_sandbox_image
 from sandbox.intake import exclude, gather, track_versions
-from sandbox.pieces import AttackPieceResult, DefensePieceResult, RunContext, run_attack_piece, run_defense_piece
+from sandbox.pieces import (
+    AttackPieceResult,
+    DefensePieceResult,
+    Ran,
+    RunContext,
+    run_attack_piece,
+    run_defense_piece,
+)
 from sandbox.plan import AttackPiece, DefensePiece, piece_seed, plan_attack_pieces, plan_defense_pieces
 from sandbox.reporting import build_results, write_nips_files, write_report_html, write_results
 from sandbox.runtime import Limits, Runtime, make_runtime
@@ -432,7 +439,7 @@ def _run_phase(
     run: _Run,
     name: str,
     pieces: Sequence[AttackPiece | DefensePiece],
-    task_of: Callable[[Any], Task[R]],
+    task_of: Callable[[Any], Task[Ran[R]]],
     store_result: Callable[[R], PieceRecord],
     subs: dict[str, Submission],
 ) -> int:
@@ -443,11 +450,22 @@ def _run_phase(
     run.events.phase(name, len(pieces), len(pieces) - len(todo))
     out, wait_s = Path(run.options.out or "."), run.options.docker_wait
     tasks = [_retrying_host_faults(task_of(piece), run.ctx.runtime, wait_s, out, run.messages) for piece in todo]
+    if not run.executor.pieces_run_here:  # a cluster's worker finishes its own pieces: the driver would be swamped
+        tasks = [partial(_finished_on_worker, task) for task in tasks]
     wants_gpu = [_wants_gpu(run.options, subs[piece.submission_id]) for piece in todo]
     request = partial(_piece_request, run.options)
-    for result in run.executor.run_tasks(tasks, run.jobs, run.options.gpus, wants_gpu, request):
-        run.events.piece_done(store_result(result))
+    for ran in run.executor.run_tasks(tasks, run.jobs, run.options.gpus, wants_gpu, request):
+        # Here, beside the worker's next container: reading outputs into results needs no worker.
+        run.events.piece_done(store_result(ran.finish()))
     return len(pieces) - len(todo)
+
+
+def _finished_on_worker(task: Task[Ran[R]], gpu: str | None) -> Ran[R]:
+    return Ran(partial(_given, task(gpu).finish()))
+
+
+def _given(value: R) -> R:
+    return value
 
 
 def _run_attacks(run: _Run) -> int:
@@ -483,9 +501,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _retrying_host_faults(
-    task: Task[T], runtime: Runtime, docker_wait: float, out: Path, events: Messages
-) -> Task[T]:
+def _retrying_host_faults(task: Task[T], runtime: Runtime, docker_wait: float, out: Path, events: Messages) -> Task[T]:
     """Runs a piece again when the host failed it: the submission is scored only on what it did itself.
 
     A daemon that stopped answering is waited for (--docker-wait); any other host fault is retried a few times.

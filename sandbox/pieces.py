@@ -1,8 +1,9 @@
 """Running one work piece: plain data in, plain data out, so any executor (threads, a cluster) can call it.
 
 An attack piece feeds the batch's clean images under opaque names, runs the attack, then reads every output
-image safely, clips it to the epsilon ball and hashes it. A defense piece feeds distinct adversarial images
-under opaque names and parses `result.csv`.
+image safely, clips it to the epsilon ball and hashes it. A defense piece gets its chunk of distinct adversarial
+images under opaque names (a folder shared by every defense holding that chunk) and parses `result.csv`. The
+reading, clipping and parsing is the piece's `finish`, done where the executor says (`Ran`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -27,6 +30,8 @@ from sandbox.plan import AttackPiece, DefensePiece
 from sandbox.runtime.base import ContainerJob, JobOutcome, Limits, Runtime
 from sandbox.store import AdversarialRecord, PieceRecord, write_atomically
 from sandbox.submission import Submission
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ def _job(
     piece_id: str,
     seed: int,
     submission: Submission,
-    work: Path,
+    input_dir: Path,
     output_mount: str,
     args: tuple[str, ...],
     time_limit: float,
@@ -152,7 +157,7 @@ def _job(
         image=submission.image(ctx.use_gpu and gpu is not None),
         code_dir=str(submission.root),
         entry_point=submission.metadata.entry_point,
-        input_dir=str(work / "input"),
+        input_dir=str(input_dir),
         output_mount=output_mount,
         args=args,
         env=_environment(ctx, seed),
@@ -167,6 +172,31 @@ def _status(outcome: JobOutcome) -> str:
     return "ok" if outcome.error is None and not outcome.timed_out and outcome.exit_code == 0 else "failed"
 
 
+@dataclass(frozen=True)
+class PieceTiming:
+    """When a piece held its worker (from writing its inputs to reading its outputs back) and which worker it was;
+    the report's timeline draws these. Finishing the piece (decoding, clipping, parsing) comes after, elsewhere."""
+
+    worker: str
+    started_at: float
+    ended_at: float
+
+    @classmethod
+    def since(cls, started_at: float) -> PieceTiming:
+        return cls(threading.current_thread().name, started_at, time.time())
+
+
+@dataclass(frozen=True)
+class Ran(Generic[R]):
+    """A piece whose container has ended and whose outputs are read back, not yet made into its result.
+
+    `finish()` does the rest (decoding, clipping and hashing images, parsing labels): plain computation that needs
+    no worker, so a run on this machine does it on the thread that stores results, while the worker already runs
+    the next container (`competition._run_phase`); on a cluster the worker finishes its own pieces."""
+
+    finish: Callable[[], R]
+
+
 def _piece_record(
     piece_id: str,
     kind: str,
@@ -174,7 +204,8 @@ def _piece_record(
     n_images: int,
     epsilon: int | None,
     outcome: JobOutcome,
-    started_at: float,
+    timing: PieceTiming,
+    finish_started: float,
     time_limit_s: float,
     failed_images: int,
     clipped_pixels: int = 0,
@@ -191,7 +222,7 @@ def _piece_record(
         timed_out=outcome.timed_out,
         oom_killed=outcome.oom_killed,
         wall_s=round(outcome.wall_s, 3),
-        total_s=round(time.time() - started_at, 3),
+        total_s=round(timing.ended_at - timing.started_at + time.time() - finish_started, 3),
         time_limit_s=time_limit_s,
         failed_images=failed_images,
         clipped_pixels=clipped_pixels,
@@ -202,9 +233,9 @@ def _piece_record(
         error=outcome.error,
         stdout_tail=outcome.stdout_tail,
         stderr_tail=outcome.stderr_tail,
-        started_at=round(started_at, 3),
-        ended_at=round(time.time(), 3),
-        worker=threading.current_thread().name,
+        started_at=round(timing.started_at, 3),
+        ended_at=round(timing.ended_at, 3),
+        worker=timing.worker,
     )
 
 
@@ -239,7 +270,7 @@ def execute_attack(
             (work / "input" / "target_class.csv").chmod(0o444)
         time_limit = ctx.limits.time_limit(len(piece.image_ids))
         args = ("{input}", "{output}", str(piece.epsilon))
-        job = _job(ctx, piece.piece_id, piece.seed, submission, work, "/output_images", args, time_limit, gpu)
+        job = _job(ctx, piece.piece_id, piece.seed, submission, work / "input", "/output_images", args, time_limit, gpu)
         outcome = ctx.runtime.run(job)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -248,11 +279,19 @@ def execute_attack(
 
 def run_attack_piece(
     piece: AttackPiece, submission: Submission, ctx: RunContext, gpu: str | None = None
-) -> AttackPieceResult:
-    """Runs the attack, then clips, hashes and records every image it wrote; what it did not write has failed."""
+) -> Ran[AttackPieceResult]:
+    """Runs the attack; finishing it clips, hashes and records every image it wrote (what it did not write has
+    failed)."""
     started = time.time()
-    dataset = ctx.dataset
     execution = execute_attack(piece, submission, ctx, gpu)
+    return Ran(partial(_finish_attack, piece, ctx, execution, PieceTiming.since(started)))
+
+
+def _finish_attack(
+    piece: AttackPiece, ctx: RunContext, execution: AttackExecution, timing: PieceTiming
+) -> AttackPieceResult:
+    finish_started = time.time()
+    dataset = ctx.dataset
     outcome = execution.outcome
     images, pngs = [], {}
     failed = clipped_total = 0
@@ -278,7 +317,8 @@ def run_attack_piece(
         len(piece.image_ids),
         piece.epsilon,
         outcome,
-        started,
+        timing,
+        finish_started,
         execution.time_limit,
         failed,
         clipped_pixels=clipped_total,
@@ -296,7 +336,8 @@ def execute_defense(
 ) -> tuple[JobOutcome, dict[str, str], float]:
     """Feeds `inputs` (key -> a PNG file to copy, or PNG bytes) under opaque names and runs the defense.
 
-    Returns the outcome, {opaque name: key} and the time limit; shared by the run and `sandbox validate`.
+    Returns the outcome, {opaque name: key} and the time limit; for `sandbox validate` and tests (a run's pieces
+    share their input folders: `shared_defense_inputs`).
     """
     work = _work_dir(ctx, piece_id)
     try:
@@ -310,22 +351,72 @@ def execute_defense(
             else:
                 _link_or_copy(source, target)
             target.chmod(0o444)  # readable by the container's user whatever the host's umask
-        time_limit = ctx.limits.time_limit(len(inputs))
-        args = ("{input}", "{output}/result.csv")
-        job = _job(ctx, piece_id, seed, submission, work, "/output_data", args, time_limit, gpu)
-        outcome = ctx.runtime.run(job)
+        outcome, time_limit = _run_defense(piece_id, seed, submission, ctx, work / "input", len(by_name), gpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return outcome, by_name, time_limit
 
 
+def _run_defense(
+    piece_id: str, seed: int, submission: Submission, ctx: RunContext, input_dir: Path, n: int, gpu: str | None
+) -> tuple[JobOutcome, float]:
+    time_limit = ctx.limits.time_limit(n)
+    args = ("{input}", "{output}/result.csv")
+    job = _job(ctx, piece_id, seed, submission, input_dir, "/output_data", args, time_limit, gpu)
+    return ctx.runtime.run(job), time_limit
+
+
+_SHARED_INPUTS_LOCK = threading.Lock()
+
+
+def shared_defense_inputs(ctx: RunContext, image_hashes: tuple[str, ...], adversarial_path) -> tuple[Path, dict]:
+    """The input folder of a chunk of distinct images, written once per run and mounted read-only into every
+    defense piece that holds that chunk, and {opaque name: sha256}.
+
+    Defenses usually hold the same chunks (every defense's distinct images, sorted and cut alike), and writing
+    8,000 links per piece cost a defense piece more than half a second of its worker's time. The names are keyed by
+    the run's secret and the chunk: they say nothing about an image, and no piece can change the folder. It is
+    written in a temporary folder and renamed into place, so it is whole or absent (also with pieces on several
+    machines of a cluster)."""
+    content = hashlib.sha256("".join(image_hashes).encode()).hexdigest()[:16]
+    by_name = {opaque_name(ctx.secret, f"defense-inputs/{content}", sha): sha for sha in image_hashes}
+    folder = ctx.run_dir / "work" / "defense-inputs" / content
+    with _SHARED_INPUTS_LOCK:  # pieces of one chunk on this machine wait for the first to write it
+        if not folder.is_dir():
+            building = folder.with_name(f".{content}-{uuid.uuid4().hex[:8]}")
+            building.mkdir(parents=True)
+            building.chmod(0o755)
+            for name, sha in by_name.items():
+                _link_or_copy(adversarial_path(sha), building / name)
+                (building / name).chmod(0o444)  # readable by the container's user whatever the host's umask
+            try:
+                building.rename(folder)
+            except OSError:  # another machine of the cluster wrote it meanwhile: the same names, the same files
+                shutil.rmtree(building, ignore_errors=True)
+    return folder, by_name
+
+
 def run_defense_piece(
     piece: DefensePiece, submission: Submission, ctx: RunContext, adversarial_path, gpu: str | None = None
-) -> DefensePieceResult:
-    """`adversarial_path(sha256)` gives the stored PNG of an image (the store's layout, passed in as data)."""
+) -> Ran[DefensePieceResult]:
+    """Runs the defense; finishing it reads its labels. `adversarial_path(sha256)` gives the stored PNG of an image
+    (the store's layout, passed in as data)."""
     started = time.time()
-    inputs: dict[str, Path | bytes] = {sha: adversarial_path(sha) for sha in piece.image_hashes}
-    outcome, by_name, time_limit = execute_defense(piece.piece_id, piece.seed, submission, ctx, inputs, gpu)
+    folder, by_name = shared_defense_inputs(ctx, piece.image_hashes, adversarial_path)
+    outcome, time_limit = _run_defense(piece.piece_id, piece.seed, submission, ctx, folder, len(by_name), gpu)
+    timing = PieceTiming.since(started)
+    return Ran(partial(_finish_defense, piece, ctx, outcome, by_name, time_limit, timing))
+
+
+def _finish_defense(
+    piece: DefensePiece,
+    ctx: RunContext,
+    outcome: JobOutcome,
+    by_name: dict[str, str],
+    time_limit: float,
+    timing: PieceTiming,
+) -> DefensePieceResult:
+    finish_started = time.time()
     parsed, bad_lines = parse_result_csv(outcome.files.get("result.csv", b""), set(by_name))
     labels: dict[str, int | None] = {}
     for name, sha in by_name.items():
@@ -339,7 +430,8 @@ def run_defense_piece(
         len(piece.image_hashes),
         None,
         outcome,
-        started,
+        timing,
+        finish_started,
         time_limit,
         missing,
         bad_lines=bad_lines,

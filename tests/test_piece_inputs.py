@@ -1,0 +1,117 @@
+"""How a run's defense pieces get their inputs, and where a piece's outputs are made into its result.
+
+Defense pieces of one chunk of distinct images share one read-only input folder, written once per run; a piece
+returns once its container has ended, and is finished (labels parsed, images clipped) by whoever stores it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+from sandbox.bundled import default_dataset_dir
+from sandbox.dataset import load_dataset
+from sandbox.pieces import RunContext, run_defense_piece, shared_defense_inputs
+from sandbox.plan import DefensePiece
+from sandbox.runtime.base import ContainerJob, JobOutcome, Limits
+from sandbox.runtime.process import ProcessRuntime
+from sandbox.submission import load_submission
+from tests.submissions import FIXED_LABEL_DEFENSE, write_submission
+
+HASHES = tuple(f"{n:02x}" * 32 for n in range(5))
+
+
+def _stored_pngs(tmp_path: Path) -> dict[str, Path]:
+    stored = {}
+    for sha in HASHES:
+        path = tmp_path / "store" / f"{sha}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\x89PNG " + sha.encode())
+        stored[sha] = path
+    return stored
+
+
+def _context(tmp_path: Path, secret: str = "secret", runtime=None) -> RunContext:
+    dataset = load_dataset(default_dataset_dir())
+    return RunContext("r", tmp_path / "run", secret, Limits(cpus=1.0), dataset, runtime or ProcessRuntime())
+
+
+def test_one_folder_per_chunk_written_once_and_read_only(tmp_path):
+    stored = _stored_pngs(tmp_path)
+    ctx = _context(tmp_path)
+    folder, by_name = shared_defense_inputs(ctx, HASHES, stored.__getitem__)
+    again, by_name_again = shared_defense_inputs(ctx, HASHES, stored.__getitem__)
+    assert (again, by_name_again) == (folder, by_name)
+    assert sorted(by_name.values()) == sorted(HASHES) and sorted(os.listdir(folder)) == sorted(by_name)
+    for name, sha in by_name.items():
+        assert os.path.samefile(folder / name, stored[sha])  # a link to the stored image, not a copy
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o444
+        assert sha not in name and len(name) == len("0" * 20 + ".png")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no half-written folder left
+
+    other, other_names = shared_defense_inputs(ctx, HASHES[:2], stored.__getitem__)
+    assert other != folder and not set(other_names) & set(by_name)  # another chunk, other names
+    _, names_under_another_secret = shared_defense_inputs(_context(tmp_path / "b", "other"), HASHES, stored.__getitem__)
+    assert not set(names_under_another_secret) & set(by_name)  # the names come from the run's secret
+
+
+def test_concurrent_pieces_of_a_chunk_wait_for_one_whole_folder(tmp_path):
+    stored = _stored_pngs(tmp_path)
+    ctx = _context(tmp_path)
+    seen: list[tuple[Path, int]] = []
+    barrier = threading.Barrier(4, timeout=10)
+
+    def piece() -> None:
+        barrier.wait()
+        folder, _ = shared_defense_inputs(ctx, HASHES, stored.__getitem__)
+        seen.append((folder, len(os.listdir(folder))))
+
+    threads = [threading.Thread(target=piece) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 4 and len({folder for folder, _ in seen}) == 1
+    assert {count for _, count in seen} == {len(HASHES)}  # nobody saw a half-written folder
+
+
+class RecordingRuntime(ProcessRuntime):
+    """Runs each defense for real (the process runtime) and records its job and the thread that ran it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[tuple[ContainerJob, str]] = []
+
+    def run(self, job: ContainerJob) -> JobOutcome:
+        self.jobs.append((job, threading.current_thread().name))
+        return super().run(job)
+
+
+def test_two_defenses_share_the_inputs_and_a_piece_is_finished_where_it_is_stored(tmp_path):
+    stored = _stored_pngs(tmp_path)
+    runtime = RecordingRuntime()
+    ctx = _context(tmp_path, runtime=runtime)
+    defenses = [load_submission(write_submission(tmp_path / "d", n, "defense", FIXED_LABEL_DEFENSE)) for n in "ab"]
+    ran = []
+    worker = threading.Thread(
+        target=lambda: ran.extend(
+            run_defense_piece(DefensePiece(f"defense/{d.id}/c", d.id, HASHES, 7), d, ctx, stored.__getitem__)
+            for d in defenses
+        ),
+        name="piece_1",
+    )
+    worker.start()
+    worker.join()
+
+    (job_a, thread_a), (job_b, thread_b) = runtime.jobs
+    assert job_a.input_dir == job_b.input_dir  # one folder for both defenses' pieces
+    assert thread_a == thread_b == "piece_1"
+    results = [r.finish() for r in ran]  # here, on another thread than the one that ran the containers
+    for result in results:
+        assert result.record.status == "ok" and result.record.worker == "piece_1"
+        assert set(result.labels) == set(HASHES) and set(result.labels.values()) == {3}
+        assert result.record.ended_at >= result.record.started_at
+        assert result.record.total_s >= result.record.wall_s
