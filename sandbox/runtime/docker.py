@@ -3,7 +3,9 @@
 The output folder is a size-capped tmpfs volume. A tmpfs vanishes when the last container using it stops, so a
 tiny *keeper* container (our own image, not the submission's) holds the volume while the submission runs as
 PID 1 of its container; after it exits or is killed at the time limit (which ends every process it started),
-the files are read back through the keeper with `get_archive`, never by following anything on the host.
+the files are read back through the keeper with `get_archive`, never by following anything on the host. Each
+volume serves exactly one piece; one keeper holds a few of them (`KEEPER_FOLDERS`), since a container's life costs
+the machine about as much as a small piece's own work.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
 
 import docker
 import requests
@@ -74,7 +78,7 @@ def _removed(thing) -> int:
         return 0
 
 
-def _remove(containers: list, volume) -> None:
+def _remove(containers: list, volumes: list) -> None:
     """Containers first: a volume in use cannot be removed. What fails here, `cleanup_run` removes by label."""
     for container in containers:
         if container is not None:
@@ -82,10 +86,34 @@ def _remove(containers: list, volume) -> None:
                 container.remove(force=True, v=True)
             except (DockerException, requests.RequestException):
                 pass
-    try:
-        volume.remove(force=True)
-    except (DockerException, requests.RequestException):
-        pass
+    for volume in volumes:
+        try:
+            volume.remove(force=True)
+        except (DockerException, requests.RequestException):
+            pass
+
+
+KEEPER_FOLDERS = 4  # output folders one keeper holds in a run (one piece each)
+SMALL_OUTPUT_BYTES = 64 * 1024**2  # a used folder holding more retires its keeper's unused folders
+
+
+@dataclass(eq=False)
+class _Keeper:
+    """A keeper container and the volumes it holds; removed once each of its folders is handed back."""
+
+    container: Any
+    volumes: list
+    out: int  # folders handed out and not yet back, or still spare
+    retired: bool = False  # hands out no more folders (one of them held a large output)
+
+
+@dataclass(eq=False)
+class OutputFolder:
+    """One fresh, empty, size-capped tmpfs volume for one piece, and where its keeper sees it."""
+
+    volume: Any
+    keeper: _Keeper
+    path: str
 
 
 def device_requests(gpus: str | None) -> list[DeviceRequest]:
@@ -180,9 +208,9 @@ class DockerRuntime:
         self._removals: list[Future] = []
         self._declared_volumes: dict[str, list[str]] = {}
         self.keep_spares = keep_spares
-        self._spares: dict[tuple[str, str], list[tuple]] = {}
+        self._spares: dict[tuple[str, str], list[OutputFolder]] = {}
         self._spare_lock = threading.Lock()
-        self._preparing = 0
+        self._preparing = 0  # folders being started
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keeper")
         self._preparations: list[Future] = []
         self.keeper_image = keeper_image
@@ -250,38 +278,41 @@ class DockerRuntime:
             runtime=self.oci_runtime,
         )
 
-    def _new_output_folder(self, run_id: str, output_size: str) -> tuple:
-        """A fresh, empty, size-capped tmpfs volume, and the keeper container that holds it mounted."""
+    def _new_output_folders(self, run_id: str, output_size: str, count: int) -> list[OutputFolder]:
+        """`count` fresh, empty, size-capped tmpfs volumes, and one keeper container that holds them mounted."""
         labels = {LABEL_APP: "1", LABEL_RUN: run_id}
         name = _name(run_id, "output")
-        volume = self.client.volumes.create(
-            name=f"{name}-out",
-            driver="local",
-            driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"size={output_size},uid=65534,gid=65534"},
-            labels=labels,
-        )
+        tmpfs = {"type": "tmpfs", "device": "tmpfs", "o": f"size={output_size},uid=65534,gid=65534"}
+        volumes: list = []
         try:
-            keeper = self.client.containers.run(
+            for index in range(count):
+                volume = self.client.volumes.create(
+                    name=f"{name}-out{index}", driver="local", driver_opts=tmpfs, labels=labels
+                )
+                volumes.append(volume)
+            container = self.client.containers.run(
                 self.keeper_image,
                 ["sleep", "infinity"],
                 name=f"{name}-keeper",
                 detach=True,
                 mem_limit="64m",
                 pids_limit=8 if self.oci_runtime is None else 128,  # gVisor's own threads count too
-                volumes={volume.name: {"bind": "/out", "mode": "ro"}},
+                volumes={volume.name: {"bind": f"/out/{i}", "mode": "ro"} for i, volume in enumerate(volumes)},
                 **self._locked_down(labels),
             )
         except BaseException:
-            self._removals.append(self._reaper.submit(_remove, [], volume))
+            self._removals.append(self._reaper.submit(_remove, [], volumes))
             raise
-        return volume, keeper
+        keeper = _Keeper(container, volumes, out=count)
+        return [OutputFolder(volume, keeper, f"/out/{i}") for i, volume in enumerate(volumes)]
 
-    def _output_folder(self, run_id: str, output_size: str) -> tuple:
-        """A spare output folder started while the last piece ran, or a new one; then one more spare is started.
+    def _output_folder(self, run_id: str, output_size: str) -> OutputFolder:
+        """A spare output folder started while earlier pieces ran, or a new one; more spares are started when few
+        are left.
 
-        Each folder serves exactly one piece, so sharing nothing; starting the keeper (~0.15 s) is simply moved
-        off the pieces' path. Spares are kept only where `keep_spares` is on (a run, which removes them at its
-        end through `cleanup_run`).
+        Each folder serves exactly one piece, so sharing nothing: no other submission's container ever mounts it.
+        Starting keepers is moved off the pieces' path, and one keeper holds `KEEPER_FOLDERS` of them. Spares are
+        kept only where `keep_spares` is on (a run, which removes them at its end through `close`/`cleanup_run`).
         """
         key = (run_id, output_size)
         with self._spare_lock:
@@ -289,37 +320,64 @@ class DockerRuntime:
             folder = ready.pop() if ready else None
             prepare = self.keep_spares and len(self._spares.get(key, [])) + self._preparing < self.keep_spares
             if prepare:
-                self._preparing += 1
+                self._preparing += KEEPER_FOLDERS
         if prepare:
-            self._preparations.append(self._preparer.submit(self._prepare_spare, key))
-        if folder is not None and not _still_running(folder[1]):  # a daemon restart stopped it: not usable
-            self._removals.append(self._reaper.submit(_remove, [folder[1]], folder[0]))
+            self._preparations.append(self._preparer.submit(self._prepare_spares, key))
+        if folder is not None and not _still_running(folder.keeper.container):  # a daemon restart stopped it
+            self._retire(folder.keeper)
+            self._hand_back(folder, 0)
             folder = None
-        return folder if folder is not None else self._new_output_folder(run_id, output_size)
+        return folder if folder is not None else self._new_output_folders(run_id, output_size, 1)[0]
 
-    def _prepare_spare(self, key: tuple[str, str]) -> None:
+    def _prepare_spares(self, key: tuple[str, str]) -> None:
         try:
-            folder = self._new_output_folder(*key)
+            folders = self._new_output_folders(*key, KEEPER_FOLDERS)
         except (DockerException, requests.RequestException):
             return  # the piece that needs one makes its own, and reports the fault
         finally:
             with self._spare_lock:
-                self._preparing -= 1
+                self._preparing -= KEEPER_FOLDERS
         with self._spare_lock:
             if self.keep_spares:
-                self._spares.setdefault(key, []).append(folder)
+                self._spares.setdefault(key, []).extend(folders)
                 return
-        self._removals.append(self._reaper.submit(_remove, [folder[1]], folder[0]))  # closed meanwhile
+        for folder in folders:  # closed meanwhile
+            self._hand_back(folder, 0)
+
+    def _retire(self, keeper: _Keeper) -> None:
+        """Its spare folders are handed back unused: it is removed once its folders in use are back."""
+        with self._spare_lock:
+            keeper.retired = True
+            spares = [f for folders in self._spares.values() for f in folders if f.keeper is keeper]
+            for folders in self._spares.values():
+                folders[:] = [f for f in folders if f.keeper is not keeper]
+        for folder in spares:
+            self._hand_back(folder, 0)
+
+    def _hand_back(self, folder: OutputFolder, output_bytes: int) -> None:
+        """A piece is done with its folder (or a spare is not needed). A used folder's files stay in memory until
+        its keeper is removed, so a large one (or one with files the host skipped, which it did not measure)
+        retires the keeper: at most `KEEPER_FOLDERS - 1` folders of up to `SMALL_OUTPUT_BYTES` each wait beside
+        a piece's own folder."""
+        if output_bytes > SMALL_OUTPUT_BYTES and not folder.keeper.retired:
+            self._retire(folder.keeper)
+        with self._spare_lock:
+            folder.keeper.out -= 1
+            last = folder.keeper.out == 0
+        if last:
+            keeper = folder.keeper
+            self._removals.append(self._reaper.submit(_remove, [keeper.container], keeper.volumes))
 
     def close(self) -> None:
         """No more spares; removes those started and waits for every removal (a run calls it when it ends)."""
         with self._spare_lock:
             self.keep_spares = 0
+        wait(self._preparations, timeout=120)
+        with self._spare_lock:
             spares = [folder for folders in self._spares.values() for folder in folders]
             self._spares.clear()
-        wait(self._preparations, timeout=120)
-        for volume, keeper in spares:
-            self._removals.append(self._reaper.submit(_remove, [keeper], volume))
+        for folder in spares:
+            self._hand_back(folder, 0)
         wait(self._removals, timeout=120)
 
     def _tmpfs_mounts(self, image: str, size: str, bound: set[str]) -> dict[str, str]:
@@ -377,20 +435,27 @@ class DockerRuntime:
 
     def _run(self, job: ContainerJob) -> JobOutcome:
         """Create the locked-down container, run it to its exit or deadline, then read what it left."""
-        volume, keeper = self._output_folder(job.run_id, job.limits.output_size)
+        folder = self._output_folder(job.run_id, job.limits.output_size)
         container = None
+        output_bytes = SMALL_OUTPUT_BYTES + 1  # unknown until read: an error retires the keeper
         try:
-            container = self._create(job, volume.name)
+            container = self._create(job, folder.volume.name)
             started = time.monotonic()
             container.start()
             peak = _MemoryPeak(container) if self.measure_memory else None
             timed_out = self._wait(container, started + job.time_limit_s)
             wall = time.monotonic() - started
-            return self._outcome(job, container, keeper, timed_out, wall, peak.stop() if peak else None)
+            outcome = self._outcome(job, container, folder, timed_out, wall, peak.stop() if peak else None)
+            # What its folder holds in memory: files too large or not plain files were skipped, not counted.
+            output_bytes = sum(len(data) for data in outcome.files.values())
+            if outcome.skipped_files:
+                output_bytes = SMALL_OUTPUT_BYTES + 1
+            return outcome
         finally:
-            # The submission has ended and its outputs are read: removing its containers and volume (~0.2 s) need
-            # not hold up the next piece. `cleanup_run` waits for these removals.
-            self._removals.append(self._reaper.submit(_remove, [container, keeper], volume))
+            # The submission has ended and its outputs are read: removing its container (~0.2 s) need not hold up
+            # the next piece. `cleanup_run` waits for these removals.
+            self._removals.append(self._reaper.submit(_remove, [container], []))
+            self._hand_back(folder, output_bytes)
 
     def _create(self, job: ContainerJob, volume_name: str):
         """The submission's container: read-only code and inputs, its output volume, every limit of the job."""
@@ -426,14 +491,15 @@ class DockerRuntime:
         )
 
     def _outcome(
-        self, job: ContainerJob, container, keeper, timed_out: bool, wall: float, memory_peak: int | None
+        self, job: ContainerJob, container, folder: OutputFolder, timed_out: bool, wall: float, memory_peak: int | None
     ) -> JobOutcome:
         """The ended container's state and log tails, and its output folder read through the keeper."""
         container.reload()
         state = container.attrs["State"]
         stdout = container.logs(stdout=True, stderr=False, tail=2000)
         stderr = container.logs(stdout=False, stderr=True, tail=2000)
-        chunks, _ = keeper.get_archive("/out/.")
+        keeper = folder.keeper.container
+        chunks, _ = keeper.get_archive(f"{folder.path}/.")
         files, skipped = collect_tar_stream(chunks)
         keeper.reload()
         if not keeper.attrs["State"].get("Running"):
