@@ -14,7 +14,6 @@ import os
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -80,8 +79,8 @@ class WorkerRuntime:
     def wait_until_available(self, timeout_s: float) -> bool:
         return self._runtime().wait_until_available(timeout_s)
 
-    def cleanup_run(self, run_id: str) -> int:
-        return self._runtime().cleanup_run(run_id)
+    def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:
+        return self._runtime().cleanup_run(run_id, settle_s)
 
     def close(self) -> None:
         """Kept: the worker process runs the next piece with it (`cleanup_run` removes what a run left)."""
@@ -127,27 +126,8 @@ def _call_piece(task: Task[T], on_gpu: bool) -> T:
 
 def _cleanup_node(runtime: WorkerRuntime, run_id: str, timeout_s: float = 60.0) -> int:
     """Removes the run's containers and volumes on this machine until none is left. Other worker processes here
-    may still be removing their last piece's (Docker answers 409 then): those are waited for, not fought."""
-    client = getattr(runtime._runtime(), "client", None)
-    if client is None:
-        return 0
-    from docker.errors import APIError, NotFound
-
-    removed = 0
-    deadline = time.monotonic() + timeout_s
-    labels = {"label": f"{LABEL_RUN}={run_id}"}
-    while True:
-        things = client.containers.list(all=True, filters=labels, ignore_removed=True)
-        things += client.volumes.list(filters=labels)
-        if not things or time.monotonic() > deadline:
-            return removed
-        for thing in things:
-            try:
-                thing.remove(force=True)
-                removed += 1
-            except (NotFound, APIError):
-                pass  # gone meanwhile, being removed by its worker, or a volume still in use: seen next round
-        time.sleep(0.2)
+    may still be removing their last piece's: the runtime waits for those (`DockerRuntime.cleanup_run`)."""
+    return runtime._runtime().cleanup_run(run_id, settle_s=timeout_s)
 
 
 @dataclass

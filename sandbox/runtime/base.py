@@ -137,8 +137,9 @@ class Runtime(Protocol):
         """The run is over: release what the runtime keeps between pieces."""
         ...
 
-    def cleanup_run(self, run_id: str) -> int:
-        """Removes what a killed run left behind; returns how many things were removed."""
+    def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:
+        """Removes what a killed run left behind, trying again for up to `settle_s` what is still in use; returns
+        how many things were removed."""
         ...
 
 

@@ -246,8 +246,12 @@ class DockerRuntime:
                 raise RuntimeUnavailable("", f"Docker stopped answering ({exc})", DOCKER_HELP) from None
         return problems
 
-    def cleanup_run(self, run_id: str) -> int:
-        removed = 0
+    def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:
+        """Removes the run's containers, then its volumes, by label, until none is left or `settle_s` has passed.
+
+        A container still being removed (by its piece's own removal here, or on a cluster by another worker process
+        on this machine) holds its volume, and Docker refuses (409) until it is gone: what is refused is tried again,
+        not reported."""
         preparing, self._preparations = self._preparations, []
         wait(preparing, timeout=120)
         with self._spare_lock:
@@ -255,16 +259,22 @@ class DockerRuntime:
                 del self._spares[key]  # removed below, by their label
         pending, self._removals = self._removals, []
         wait(pending, timeout=120)
+        label = {"label": f"{LABEL_RUN}={run_id}"}
+        removed, deadline = 0, time.monotonic() + settle_s
         try:
-            for container in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_RUN}={run_id}"}, ignore_removed=True
-            ):
-                removed += _removed(container)
-            for volume in self.client.volumes.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
-                removed += _removed(volume)
+            while True:
+                things = self.client.containers.list(all=True, filters=label, ignore_removed=True)
+                things += self.client.volumes.list(filters=label)  # after the containers that hold them
+                if not things or time.monotonic() > deadline:
+                    return removed
+                for thing in things:
+                    try:
+                        removed += _removed(thing)
+                    except APIError:
+                        pass  # in use, or being removed by someone else: seen again next round
+                time.sleep(0.2)
         except (DockerException, requests.RequestException) as exc:
             raise RuntimeUnavailable("", f"Docker stopped answering ({exc})", DOCKER_HELP) from None
-        return removed
 
     def _locked_down(self, labels: dict[str, str]) -> dict:
         """What every container of a piece gets, the keeper too."""

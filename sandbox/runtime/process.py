@@ -32,8 +32,8 @@ class ProcessRuntime:
     def check(self, images: list[str]) -> dict[str, str]:
         return {}
 
-    def cleanup_run(self, run_id: str) -> int:
-        return 0
+    def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:
+        return 0  # its processes end with each piece
 
     def wait_until_available(self, timeout_s: float) -> bool:
         return True
