@@ -249,32 +249,66 @@ class AttackExecution:
     time_limit: float
 
 
+def _write_attack_inputs(
+    ctx: RunContext, folder: Path, image_ids: tuple[str, ...], names: dict[str, str], targeted: bool
+) -> dict[str, np.ndarray]:
+    """Links each clean image into `folder` under its opaque name (and `target_class.csv` for a targeted attack);
+    returns the clean pixels, which clipping needs."""
+    records = ctx.dataset.by_id()
+    # In the order of the opaque names, not the data set's: creation order shows in inode numbers and times.
+    in_name_order = sorted(image_ids, key=names.__getitem__)
+    clean: dict[str, np.ndarray] = {}
+    for image_id in in_name_order:
+        # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
+        clean[image_id], png = CLEAN_IMAGES.get(ctx.dataset, image_id)
+        _link_or_copy(_clean_file(ctx, image_id, png), folder / names[image_id])
+    if targeted:
+        lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in in_name_order)
+        (folder / "target_class.csv").write_text(lines)
+        (folder / "target_class.csv").chmod(0o444)
+    return clean
+
+
+def _run_attack(
+    piece: AttackPiece, submission: Submission, ctx: RunContext, input_dir: Path, gpu: str | None
+) -> tuple[JobOutcome, float]:
+    time_limit = ctx.limits.time_limit(len(piece.image_ids))
+    args = ("{input}", "{output}", str(piece.epsilon))
+    job = _job(ctx, piece.piece_id, piece.seed, submission, input_dir, "/output_images", args, time_limit, gpu)
+    return ctx.runtime.run(job), time_limit
+
+
 def execute_attack(
     piece: AttackPiece, submission: Submission, ctx: RunContext, gpu: str | None = None
 ) -> AttackExecution:
-    """Feeds the batch under opaque names and runs the attack; shared by the run and by `sandbox validate`."""
+    """Feeds the batch under opaque names of its own and runs the attack; for `sandbox validate` (a run's attack
+    pieces of one batch share their input folder: `shared_attack_inputs`)."""
     work = _work_dir(ctx, piece.piece_id)
-    records = ctx.dataset.by_id()
     try:
         names = {image_id: opaque_name(ctx.secret, piece.piece_id, image_id) for image_id in piece.image_ids}
-        # In the order of the opaque names, not the data set's: creation order shows in inode numbers and times.
-        in_name_order = sorted(piece.image_ids, key=names.__getitem__)
-        clean: dict[str, np.ndarray] = {}
-        for image_id in in_name_order:
-            # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
-            clean[image_id], png = CLEAN_IMAGES.get(ctx.dataset, image_id)
-            _link_or_copy(_clean_file(ctx, image_id, png), work / "input" / names[image_id])
-        if piece.targeted:
-            lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in in_name_order)
-            (work / "input" / "target_class.csv").write_text(lines)
-            (work / "input" / "target_class.csv").chmod(0o444)
-        time_limit = ctx.limits.time_limit(len(piece.image_ids))
-        args = ("{input}", "{output}", str(piece.epsilon))
-        job = _job(ctx, piece.piece_id, piece.seed, submission, work / "input", "/output_images", args, time_limit, gpu)
-        outcome = ctx.runtime.run(job)
+        clean = _write_attack_inputs(ctx, work / "input", piece.image_ids, names, piece.targeted)
+        outcome, time_limit = _run_attack(piece, submission, ctx, work / "input", gpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return AttackExecution(outcome, names, clean, time_limit)
+
+
+def shared_attack_inputs(ctx: RunContext, piece: AttackPiece) -> tuple[Path, dict[str, str], dict[str, np.ndarray]]:
+    """The input folder of a batch of clean images, written once per run and mounted read-only into every attack
+    piece on that batch (targeted attacks get their own, with `target_class.csv`), {ImageId: opaque name} and the
+    clean pixels."""
+    kind = "targeted" if piece.targeted else "untargeted"
+    content = hashlib.sha256("\0".join((kind, *piece.image_ids)).encode()).hexdigest()[:16]
+    names = {image_id: opaque_name(ctx.secret, f"attack-inputs/{content}", image_id) for image_id in piece.image_ids}
+    clean: dict[str, np.ndarray] = {}
+
+    def write(folder: Path) -> None:
+        clean.update(_write_attack_inputs(ctx, folder, piece.image_ids, names, piece.targeted))
+
+    folder = _shared_folder(ctx, "attack-inputs", content, write)
+    if not clean:  # written by an earlier piece: the pixels come from the cache
+        clean = {image_id: CLEAN_IMAGES.get(ctx.dataset, image_id)[0] for image_id in piece.image_ids}
+    return folder, names, clean
 
 
 def run_attack_piece(
@@ -283,7 +317,9 @@ def run_attack_piece(
     """Runs the attack; finishing it clips, hashes and records every image it wrote (what it did not write has
     failed)."""
     started = time.time()
-    execution = execute_attack(piece, submission, ctx, gpu)
+    folder, names, clean = shared_attack_inputs(ctx, piece)
+    outcome, time_limit = _run_attack(piece, submission, ctx, folder, gpu)
+    execution = AttackExecution(outcome, names, clean, time_limit)
     return Ran(partial(_finish_attack, piece, ctx, execution, PieceTiming.since(started)))
 
 
@@ -369,31 +405,40 @@ def _run_defense(
 _SHARED_INPUTS_LOCK = threading.Lock()
 
 
+def _shared_folder(ctx: RunContext, kind: str, content: str, write: Callable[[Path], None]) -> Path:
+    """`work/KIND/CONTENT` in the run folder, written once by `write` and shared by every piece that needs the same
+    inputs. Written in a temporary folder and renamed into place, so it is whole or absent, also with pieces on
+    several machines of a cluster; pieces on this machine wait for the first to write it."""
+    folder = ctx.run_dir / "work" / kind / content
+    with _SHARED_INPUTS_LOCK:
+        if not folder.is_dir():
+            building = folder.with_name(f".{content}-{uuid.uuid4().hex[:8]}")
+            building.mkdir(parents=True)
+            building.chmod(0o755)
+            write(building)
+            try:
+                building.rename(folder)
+            except OSError:  # another machine of the cluster wrote it meanwhile: the same names, the same files
+                shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
 def shared_defense_inputs(ctx: RunContext, image_hashes: tuple[str, ...], adversarial_path) -> tuple[Path, dict]:
     """The input folder of a chunk of distinct images, written once per run and mounted read-only into every
     defense piece that holds that chunk, and {opaque name: sha256}.
 
     Defenses usually hold the same chunks (every defense's distinct images, sorted and cut alike), and writing
     8,000 links per piece cost a defense piece more than half a second of its worker's time. The names are keyed by
-    the run's secret and the chunk: they say nothing about an image, and no piece can change the folder. It is
-    written in a temporary folder and renamed into place, so it is whole or absent (also with pieces on several
-    machines of a cluster)."""
+    the run's secret and the chunk: they say nothing about an image, and no piece can change the folder."""
     content = hashlib.sha256("".join(image_hashes).encode()).hexdigest()[:16]
     by_name = {opaque_name(ctx.secret, f"defense-inputs/{content}", sha): sha for sha in image_hashes}
-    folder = ctx.run_dir / "work" / "defense-inputs" / content
-    with _SHARED_INPUTS_LOCK:  # pieces of one chunk on this machine wait for the first to write it
-        if not folder.is_dir():
-            building = folder.with_name(f".{content}-{uuid.uuid4().hex[:8]}")
-            building.mkdir(parents=True)
-            building.chmod(0o755)
-            for name, sha in by_name.items():
-                _link_or_copy(adversarial_path(sha), building / name)
-                (building / name).chmod(0o444)  # readable by the container's user whatever the host's umask
-            try:
-                building.rename(folder)
-            except OSError:  # another machine of the cluster wrote it meanwhile: the same names, the same files
-                shutil.rmtree(building, ignore_errors=True)
-    return folder, by_name
+
+    def write(folder: Path) -> None:
+        for name, sha in by_name.items():
+            _link_or_copy(adversarial_path(sha), folder / name)
+            (folder / name).chmod(0o444)  # readable by the container's user whatever the host's umask
+
+    return _shared_folder(ctx, "defense-inputs", content, write), by_name
 
 
 def run_defense_piece(

@@ -115,3 +115,29 @@ def test_two_defenses_share_the_inputs_and_a_piece_is_finished_where_it_is_store
         assert set(result.labels) == set(HASHES) and set(result.labels.values()) == {3}
         assert result.record.ended_at >= result.record.started_at
         assert result.record.total_s >= result.record.wall_s
+
+
+def test_attacks_on_one_batch_share_an_input_folder_and_targeted_ones_get_their_own(tmp_path):
+    from sandbox.pieces import run_attack_piece
+    from sandbox.plan import AttackPiece
+    from tests.submissions import write_submission as write
+
+    runtime = RecordingRuntime()
+    ctx = _context(tmp_path, runtime=runtime)
+    ids = tuple(record.image_id for record in ctx.dataset.records[:4])
+    copy = '#!/bin/sh\ncp "$1"/*.png "$2"/\n'
+    subs = {n: load_submission(write(tmp_path / "a", n, "attack", copy)) for n in ("a", "b")}
+    subs["t"] = load_submission(write(tmp_path / "a", "t", "targeted_attack", copy))
+    ran = []
+    for sub_id, targeted in (("a", False), ("b", False), ("t", True)):
+        piece = AttackPiece(f"attack/{sub_id}/00000-e16", sub_id, targeted, (0,), ids, 16, 1)
+        ran.append(run_attack_piece(piece, subs[sub_id], ctx).finish())
+
+    (a, _), (b, _), (t, _) = runtime.jobs
+    assert a.input_dir == b.input_dir != t.input_dir
+    untargeted, targeted_folder = Path(a.input_dir), Path(t.input_dir)
+    assert not set(os.listdir(untargeted)) & set(os.listdir(targeted_folder))  # other names for the targeted ones
+    assert "target_class.csv" in os.listdir(targeted_folder) and len(os.listdir(untargeted)) == len(ids)
+    for result in ran:  # each copied its inputs back: nothing clipped, nothing failed
+        assert result.record.status == "ok" and result.record.failed_images == 0
+        assert [image.image_id for image in result.images] == list(ids)
