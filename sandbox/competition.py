@@ -33,6 +33,7 @@ from sandbox.pieces import (
     DefensePieceResult,
     Ran,
     RunContext,
+    add_defense_inputs,
     run_attack_piece,
     run_defense_piece,
 )
@@ -481,9 +482,12 @@ def _run_attacks(run: _Run) -> int:
         options.attack_piece_size,
     )
 
+    adversarial_path = partial(adversarial_image_path, run.store.run_dir)
+
     def store_result(result: AttackPieceResult) -> PieceRecord:
         run.store.save_adversarial_pngs(result.pngs)
         run.store.record_attack_piece(result.record, result.images)
+        add_defense_inputs(run.ctx, result.pngs, adversarial_path)  # the defense phase finds them written
         return result.record
 
     return _run_phase(
@@ -565,6 +569,7 @@ def _run_defenses(run: _Run) -> int:
         return result.record
 
     adversarial_path = partial(adversarial_image_path, run.store.run_dir)  # a Ray worker can hold it
+    add_defense_inputs(run.ctx, run.store.distinct_hashes(), adversarial_path, exactly=True)
     return _run_phase(
         run,
         "defenses",

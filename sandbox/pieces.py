@@ -8,6 +8,7 @@ reading, clipping and parsing is the piece's `finish`, done where the executor s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -93,9 +94,12 @@ class CleanImages:
 CLEAN_IMAGES = CleanImages()
 
 
-def opaque_name(secret: str, piece_id: str, key: str) -> str:
-    """Stable across resumes (so seeded submissions give the same scores), unguessable without the secret."""
-    digest = hmac.new(secret.encode(), f"{piece_id}\0{key}".encode(), hashlib.sha256).hexdigest()
+@functools.lru_cache(maxsize=1 << 17)  # a defense's 8,000 names are asked for again by each piece holding them
+def opaque_name(secret: str, scope: str, key: str) -> str:
+    """The file name of `key` (an ImageId, an image's hash) among the inputs named in `scope` (a piece, a batch, a
+    run's defense inputs): stable across resumes (so seeded submissions give the same scores), unguessable without
+    the secret."""
+    digest = hmac.new(secret.encode(), f"{scope}\0{key}".encode(), hashlib.sha256).hexdigest()
     return f"{digest[:20]}.png"
 
 
@@ -423,15 +427,48 @@ def _shared_folder(ctx: RunContext, kind: str, content: str, write: Callable[[Pa
     return folder
 
 
-def shared_defense_inputs(ctx: RunContext, image_hashes: tuple[str, ...], adversarial_path) -> tuple[Path, dict]:
-    """The input folder of a chunk of distinct images, written once per run and mounted read-only into every
-    defense piece that holds that chunk, and {opaque name: sha256}.
+def _defense_input_name(ctx: RunContext, sha: str) -> str:
+    """One name per image for the whole run, keyed by the run's secret: a folder of a defense's inputs is then a
+    set of links any piece can mount whole."""
+    return opaque_name(ctx.secret, "defense-input", sha)
 
-    Defenses usually hold the same chunks (every defense's distinct images, sorted and cut alike), and writing
-    8,000 links per piece cost a defense piece more than half a second of its worker's time. The names are keyed by
-    the run's secret and the chunk: they say nothing about an image, and no piece can change the folder."""
+
+def _every_image_folder(ctx: RunContext) -> Path:
+    return ctx.run_dir / "work" / "defense-inputs" / "every-image"
+
+
+def add_defense_inputs(ctx: RunContext, image_hashes, adversarial_path, exactly: bool = False) -> None:
+    """Links stored images into the run's folder of every distinct image, as attack pieces are stored (on the
+    thread that stores them, while the workers run containers), so the usual defense piece, which holds every
+    distinct image, finds its inputs written. `exactly`: the images are all there are now, and the folder is made
+    to hold those and no other (a resume after a kill between storing and linking, or a resubmission's dropped
+    images), before any defense piece starts."""
+    folder = _every_image_folder(ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    wanted = {_defense_input_name(ctx, sha): sha for sha in image_hashes}
+    present = set(os.listdir(folder)) if exactly else set()
+    for name, sha in wanted.items():
+        target = folder / name
+        if name not in present and not target.exists():
+            _link_or_copy(adversarial_path(sha), target)
+            target.chmod(0o444)  # readable by the container's user whatever the host's umask
+    for name in present - set(wanted) if exactly else ():
+        (folder / name).unlink()
+
+
+def shared_defense_inputs(ctx: RunContext, image_hashes: tuple[str, ...], adversarial_path) -> tuple[Path, dict]:
+    """The read-only input folder of a defense piece's distinct images and {opaque name: sha256}: the run's folder
+    of every distinct image when the piece holds exactly those (the usual case: one piece per defense), else a
+    folder of the chunk, written once per run and shared by every defense holding that chunk.
+
+    Writing 8,000 links per piece cost a defense piece 0.3-0.6 s of its worker's time. The names are keyed by the
+    run's secret: they say nothing about an image, and no piece can change the folder."""
+    by_name = {_defense_input_name(ctx, sha): sha for sha in image_hashes}
+    every = _every_image_folder(ctx)
+    if every.is_dir() and set(os.listdir(every)) == set(by_name):
+        return every, by_name
     content = hashlib.sha256("".join(image_hashes).encode()).hexdigest()[:16]
-    by_name = {opaque_name(ctx.secret, f"defense-inputs/{content}", sha): sha for sha in image_hashes}
 
     def write(folder: Path) -> None:
         for name, sha in by_name.items():

@@ -1,7 +1,8 @@
 """How a run's defense pieces get their inputs, and where a piece's outputs are made into its result.
 
-Defense pieces of one chunk of distinct images share one read-only input folder, written once per run; a piece
-returns once its container has ended, and is finished (labels parsed, images clipped) by whoever stores it.
+Pieces given the same images share one read-only input folder: the attacks on a batch, the defenses on a chunk of
+distinct images (usually every one of them: a folder written as attack pieces are stored). A piece returns once
+its container has ended, and is finished (labels parsed, images clipped) by whoever stores it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import load_dataset
-from sandbox.pieces import RunContext, run_defense_piece, shared_defense_inputs
+from sandbox.pieces import RunContext, add_defense_inputs, run_defense_piece, shared_defense_inputs
 from sandbox.plan import DefensePiece
 from sandbox.runtime.base import ContainerJob, JobOutcome, Limits
 from sandbox.runtime.process import ProcessRuntime
@@ -53,9 +54,29 @@ def test_one_folder_per_chunk_written_once_and_read_only(tmp_path):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no half-written folder left
 
     other, other_names = shared_defense_inputs(ctx, HASHES[:2], stored.__getitem__)
-    assert other != folder and not set(other_names) & set(by_name)  # another chunk, other names
+    assert other != folder and set(other_names) < set(by_name)  # another chunk's folder; an image keeps its name
     _, names_under_another_secret = shared_defense_inputs(_context(tmp_path / "b", "other"), HASHES, stored.__getitem__)
     assert not set(names_under_another_secret) & set(by_name)  # the names come from the run's secret
+
+
+def test_the_folder_of_every_image_is_written_as_attacks_are_stored_and_made_exact_before_defenses(tmp_path):
+    stored = _stored_pngs(tmp_path)
+    ctx = _context(tmp_path)
+    add_defense_inputs(ctx, HASHES[:3], stored.__getitem__)  # two attack pieces stored, their images overlapping
+    add_defense_inputs(ctx, HASHES[2:4], stored.__getitem__)
+    folder, by_name = shared_defense_inputs(ctx, HASHES[:4], stored.__getitem__)
+    assert folder.name == "every-image" and sorted(by_name.values()) == sorted(HASHES[:4])
+    assert sorted(os.listdir(folder)) == sorted(by_name)
+    # A chunk that is not every image gets a folder of its own.
+    chunk, _ = shared_defense_inputs(ctx, HASHES[:2], stored.__getitem__)
+    assert chunk != folder and len(os.listdir(chunk)) == 2
+
+    # A resume: one image was stored but never linked (a kill in between), one is no longer in the store.
+    (folder / next(n for n, sha in by_name.items() if sha == HASHES[0])).unlink()
+    add_defense_inputs(ctx, HASHES[:3] + HASHES[4:], stored.__getitem__, exactly=True)
+    now, now_names = shared_defense_inputs(ctx, HASHES[:3] + HASHES[4:], stored.__getitem__)
+    assert now == folder and sorted(os.listdir(folder)) == sorted(now_names)
+    assert sorted(now_names.values()) == sorted(HASHES[:3] + HASHES[4:])
 
 
 def test_concurrent_pieces_of_a_chunk_wait_for_one_whole_folder(tmp_path):
