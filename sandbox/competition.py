@@ -482,12 +482,10 @@ def _run_attacks(run: _Run) -> int:
         options.attack_piece_size,
     )
 
-    adversarial_path = partial(adversarial_image_path, run.store.run_dir)
-
     def store_result(result: AttackPieceResult) -> PieceRecord:
         run.store.save_adversarial_pngs(result.pngs)
         run.store.record_attack_piece(result.record, result.images)
-        add_defense_inputs(run.ctx, result.pngs, adversarial_path)  # the defense phase finds them written
+        add_defense_inputs(run.ctx, result.pngs, run.store.adversarial_path)  # the defense phase finds them written
         return result.record
 
     return _run_phase(
@@ -540,7 +538,7 @@ def _retrying_host_faults(task: Task[T], runtime: Runtime, docker_wait: float, o
     return call
 
 
-def _defense_plan(options, subs, store) -> list[DefensePiece]:
+def _defense_plan(options, subs, store, distinct_hashes: list[str]) -> list[DefensePiece]:
     """The stored defense pieces of this run folder, plus new ones for images no piece of a defense holds yet.
 
     Stored pieces never change (a resume with another --jobs, or images added later, re-runs nothing finished).
@@ -554,7 +552,7 @@ def _defense_plan(options, subs, store) -> list[DefensePiece]:
     for piece in stored:
         planned.setdefault(piece.submission_id, set()).update(piece.image_hashes)
     new = plan_defense_pieces(
-        list(subs), store.distinct_hashes(), options.jobs, options.defense_batch_size, options.seed, planned
+        list(subs), distinct_hashes, options.jobs, options.defense_batch_size, options.seed, planned
     )
     store.save_defense_plan((p.piece_id, p.submission_id, p.image_hashes) for p in new)
     return stored + new
@@ -562,14 +560,16 @@ def _defense_plan(options, subs, store) -> list[DefensePiece]:
 
 def _run_defenses(run: _Run) -> int:
     subs = {s.id: s for s in run.sets["defense"].submissions}
-    pieces = sorted(_defense_plan(run.options, subs, run.store), key=lambda p: -len(p.image_hashes))  # longest first
+    distinct = run.store.distinct_hashes()
+    plan = _defense_plan(run.options, subs, run.store, distinct)
+    pieces = sorted(plan, key=lambda p: -len(p.image_hashes))  # longest first
 
     def store_result(result: DefensePieceResult) -> PieceRecord:
         run.store.record_defense_piece(result.record, result.labels)
         return result.record
 
     adversarial_path = partial(adversarial_image_path, run.store.run_dir)  # a Ray worker can hold it
-    add_defense_inputs(run.ctx, run.store.distinct_hashes(), adversarial_path, exactly=True)
+    add_defense_inputs(run.ctx, distinct, adversarial_path, exactly=True)
     return _run_phase(
         run,
         "defenses",

@@ -122,12 +122,14 @@ def _clean_file(ctx: RunContext, image_id: str, png: bytes) -> Path:
     return path
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link costs no copy; the input folder is mounted read-only, so the container cannot change it."""
+def _place_input(source: Path, target: Path) -> None:
+    """An input file: a hard link costs no copy (the input folder is mounted read-only, so the container cannot
+    change it); a copy where links fail. Readable by the container's user whatever the host's umask."""
     try:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+    target.chmod(0o444)
 
 
 def _environment(ctx: RunContext, seed: int) -> dict[str, str]:
@@ -265,7 +267,7 @@ def _write_attack_inputs(
     for image_id in in_name_order:
         # Re-encoded from pixels: no text chunk or file name of the data set reaches the submission.
         clean[image_id], png = CLEAN_IMAGES.get(ctx.dataset, image_id)
-        _link_or_copy(_clean_file(ctx, image_id, png), folder / names[image_id])
+        _place_input(_clean_file(ctx, image_id, png), folder / names[image_id])
     if targeted:
         lines = "".join(f"{names[i]},{records[i].target_class}\n" for i in in_name_order)
         (folder / "target_class.csv").write_text(lines)
@@ -297,22 +299,17 @@ def execute_attack(
     return AttackExecution(outcome, names, clean, time_limit)
 
 
-def shared_attack_inputs(ctx: RunContext, piece: AttackPiece) -> tuple[Path, dict[str, str], dict[str, np.ndarray]]:
+def shared_attack_inputs(ctx: RunContext, piece: AttackPiece) -> tuple[Path, dict[str, str]]:
     """The input folder of a batch of clean images, written once per run and mounted read-only into every attack
-    piece on that batch (targeted attacks get their own, with `target_class.csv`), {ImageId: opaque name} and the
-    clean pixels."""
+    piece on that batch (targeted attacks get their own, with `target_class.csv`), and {ImageId: opaque name}."""
     kind = "targeted" if piece.targeted else "untargeted"
     content = hashlib.sha256("\0".join((kind, *piece.image_ids)).encode()).hexdigest()[:16]
     names = {image_id: opaque_name(ctx.secret, f"attack-inputs/{content}", image_id) for image_id in piece.image_ids}
-    clean: dict[str, np.ndarray] = {}
 
     def write(folder: Path) -> None:
-        clean.update(_write_attack_inputs(ctx, folder, piece.image_ids, names, piece.targeted))
+        _write_attack_inputs(ctx, folder, piece.image_ids, names, piece.targeted)
 
-    folder = _shared_folder(ctx, "attack-inputs", content, write)
-    if not clean:  # written by an earlier piece: the pixels come from the cache
-        clean = {image_id: CLEAN_IMAGES.get(ctx.dataset, image_id)[0] for image_id in piece.image_ids}
-    return folder, names, clean
+    return _shared_folder(ctx, "attack-inputs", content, write), names
 
 
 def run_attack_piece(
@@ -321,23 +318,26 @@ def run_attack_piece(
     """Runs the attack; finishing it clips, hashes and records every image it wrote (what it did not write has
     failed)."""
     started = time.time()
-    folder, names, clean = shared_attack_inputs(ctx, piece)
+    folder, names = shared_attack_inputs(ctx, piece)
     outcome, time_limit = _run_attack(piece, submission, ctx, folder, gpu)
-    execution = AttackExecution(outcome, names, clean, time_limit)
-    return Ran(partial(_finish_attack, piece, ctx, execution, PieceTiming.since(started)))
+    return Ran(partial(_finish_attack, piece, ctx, outcome, names, time_limit, PieceTiming.since(started)))
 
 
 def _finish_attack(
-    piece: AttackPiece, ctx: RunContext, execution: AttackExecution, timing: PieceTiming
+    piece: AttackPiece,
+    ctx: RunContext,
+    outcome: JobOutcome,
+    names: dict[str, str],
+    time_limit: float,
+    timing: PieceTiming,
 ) -> AttackPieceResult:
     finish_started = time.time()
     dataset = ctx.dataset
-    outcome = execution.outcome
     images, pngs = [], {}
     failed = clipped_total = 0
     for image_id in piece.image_ids:
-        clean = execution.clean[image_id]
-        pixels = decode_image(outcome.files.get(execution.names[image_id], b""), dataset.size, dataset.mode)
+        clean, _ = CLEAN_IMAGES.get(dataset, image_id)  # cached when its input was written (else read again)
+        pixels = decode_image(outcome.files.get(names[image_id], b""), dataset.size, dataset.mode)
         if pixels is None:
             pixels, is_failed, clipped = clean, True, 0
             failed += 1
@@ -359,7 +359,7 @@ def _finish_attack(
         outcome,
         timing,
         finish_started,
-        execution.time_limit,
+        time_limit,
         failed,
         clipped_pixels=clipped_total,
     )
@@ -388,9 +388,9 @@ def execute_defense(
             target = work / "input" / name
             if isinstance(source, bytes):
                 target.write_bytes(source)
+                target.chmod(0o444)  # readable by the container's user whatever the host's umask
             else:
-                _link_or_copy(source, target)
-            target.chmod(0o444)  # readable by the container's user whatever the host's umask
+                _place_input(source, target)
         outcome, time_limit = _run_defense(piece_id, seed, submission, ctx, work / "input", len(by_name), gpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -449,11 +449,9 @@ def add_defense_inputs(ctx: RunContext, image_hashes, adversarial_path, exactly:
     wanted = {_defense_input_name(ctx, sha): sha for sha in image_hashes}
     present = set(os.listdir(folder)) if exactly else set()
     for name, sha in wanted.items():
-        target = folder / name
-        if name not in present and not target.exists():
-            _link_or_copy(adversarial_path(sha), target)
-            target.chmod(0o444)  # readable by the container's user whatever the host's umask
-    for name in present - set(wanted) if exactly else ():
+        if name not in present and not (folder / name).exists():
+            _place_input(adversarial_path(sha), folder / name)
+    for name in present - wanted.keys():  # only with `exactly`: else nothing is listed
         (folder / name).unlink()
 
 
@@ -472,8 +470,7 @@ def shared_defense_inputs(ctx: RunContext, image_hashes: tuple[str, ...], advers
 
     def write(folder: Path) -> None:
         for name, sha in by_name.items():
-            _link_or_copy(adversarial_path(sha), folder / name)
-            (folder / name).chmod(0o444)  # readable by the container's user whatever the host's umask
+            _place_input(adversarial_path(sha), folder / name)
 
     return _shared_folder(ctx, "defense-inputs", content, write), by_name
 
