@@ -117,7 +117,10 @@ def test_imagenet_sample_folder_is_a_complete_submission(folder: Path) -> None:
 
 def test_every_imagenet_sample_carries_the_same_shared_code() -> None:
     copies = {(folder / "imagenet_io.py").read_bytes() for folder in SAMPLES}
-    assert len(copies) == 1, "imagenet_io.py differs between samples: change one, then copy it over the others"
+    assert len(copies) == 1, (
+        "imagenet_io.py differs between samples: edit sample_defenses_imagenet/inception_v3/imagenet_io.py, then "
+        "`python3 training/train_all.py --sync-only`"
+    )
 
 
 def test_targets_are_converted_to_timm_classes_by_the_data_sets_offset(tmp_path: Path) -> None:

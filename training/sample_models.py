@@ -67,6 +67,11 @@ class ModelRecipe:
 ENSEMBLE_ATTACK = ATTACKS / "ens_mi_fgsm"
 # The momentum iterative attacks (MI-FGSM and its DI, TI and ensemble variants) share one implementation.
 MOMENTUM = ATTACKS / "mi_fgsm" / "momentum.py"
+# The ImageNet samples' shared code (docs/imagenet.md): written in one of them, copied into the others.
+IMAGENET_IO = REPO_ROOT / "sample_defenses_imagenet" / "inception_v3" / "imagenet_io.py"
+IMAGENET_SAMPLES = tuple(
+    sorted(p.parent for p in REPO_ROOT.glob("sample_*_imagenet/*/metadata.json") if p.parent != IMAGENET_IO.parent)
+)
 
 # Chosen on a validation split of the training images by training/tune.py (see training/README.md and tuning.json).
 TRAIN_ATTACK = "fgsm"
@@ -172,6 +177,7 @@ SHARED_CODE: dict[Path, tuple[Path, ...]] = {
         ENSEMBLE_ATTACK,
         TARGETED / "mi_target_class",
     ),
+    IMAGENET_IO: IMAGENET_SAMPLES,
 }
 
 
