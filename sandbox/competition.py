@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -339,6 +340,8 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
     try:
         starting = new_folder  # until admission is done, a failure leaves no run folder behind
         sets, dataset, manifest = _admit_all(options, out, runtime, store, run_id, events)
+        if executor.pieces_run_here:
+            runtime.prepare_run(run_id, options.limits)
         wanted = {_wants_gpu(options, s) for subs in sets.values() for s in subs.submissions}
         executor.check([_piece_request(options, gpu) for gpu in sorted(wanted)])  # before any piece runs
         starting = False
@@ -350,10 +353,14 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
         for leftover in ("work", "clean"):
             shutil.rmtree(out / leftover, ignore_errors=True)
         executor.cleanup_run(run_id)  # what the run left on a cluster's machines (first: workers may still remove)
-        runtime.cleanup_run(run_id)  # containers a host fault left behind, if any
-        manifest["run_wall_s"] = round(time.monotonic() - started, 3)
-        write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-        results = write_outputs(out, store, dataset, manifest)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cleanup") as pool:
+            # Containers a host fault left behind, if any, and the spare output folders: Docker's work, done while
+            # the scores and the report are written (files only).
+            cleanup = pool.submit(runtime.cleanup_run, run_id)
+            manifest["run_wall_s"] = round(time.monotonic() - started, 3)
+            write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+            results = write_outputs(out, store, dataset, manifest)
+            cleanup.result()
     except BaseException:
         _stop_containers(executor, run_id, events)
         _stop_containers(runtime, run_id, events)  # an interrupt, Docker going away: a resume re-runs those pieces

@@ -7,6 +7,7 @@ files do not wait in memory; when the runtime closes, nothing of the run is left
 from __future__ import annotations
 
 import time
+from concurrent.futures import wait
 from pathlib import Path
 
 import docker
@@ -105,3 +106,17 @@ def _holds(keeper) -> bool:
         if keeper.exec_run(["test", "-e", f"{mount['Destination']}/big"]).exit_code == 0:
             return True
     return False
+
+
+def test_folders_prepared_before_a_run_serve_its_first_pieces(tmp_path, runtime):
+    run_id, since = f"folders-{time.time_ns()}", time.time()
+    runtime.prepare_run(run_id, Limits(cpus=1.0))
+    runtime.prepare_run(run_id, Limits(cpus=1.0))  # a second call starts nothing more
+    wait(runtime._preparations, timeout=60)  # started in the background: the run's set-up goes on meanwhile
+    runtime.keep_spares = 0  # from here on, a keeper is started only for a piece that finds no folder ready
+    for n in range(KEEPER_FOLDERS):
+        outcome = runtime.run(_job(tmp_path, run_id, f"p{n}"))
+        assert outcome.exit_code == 0 and outcome.files["seen.txt"] == b""
+    assert _keepers_created(runtime.client, run_id, since) == 1  # every first piece took a prepared folder
+    runtime.close()
+    assert _left_behind(runtime.client, run_id) == []

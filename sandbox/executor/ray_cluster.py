@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from sandbox.errors import HostFault, SandboxError
 from sandbox.executor.base import Messages, PieceRequest, Task, split_lanes
-from sandbox.runtime.base import LABEL_PIECE, LABEL_RUN, ContainerJob, JobOutcome, Runtime
+from sandbox.runtime.base import LABEL_PIECE, LABEL_RUN, ContainerJob, JobOutcome, Limits, Runtime
 
 T = TypeVar("T")
 INSTALL = "pip install 'adversarial-sandbox[ray]'"
@@ -81,6 +81,9 @@ class WorkerRuntime:
 
     def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:
         return self._runtime().cleanup_run(run_id, settle_s)
+
+    def prepare_run(self, run_id: str, limits: Limits) -> None:
+        """Nothing: each worker process's runtime prepares its next output folder while it runs a piece."""
 
     def close(self) -> None:
         """Kept: the worker process runs the next piece with it (`cleanup_run` removes what a run left)."""

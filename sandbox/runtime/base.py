@@ -133,6 +133,11 @@ class Runtime(Protocol):
         """After a RuntimeUnavailable: waits up to `timeout_s` for the runtime to answer again."""
         ...
 
+    def prepare_run(self, run_id: str, limits: Limits) -> None:
+        """The run's first pieces are near: start, in the background, what each piece needs ready (output folders),
+        so that the first ones do not wait for it."""
+        ...
+
     def close(self) -> None:
         """The run is over: release what the runtime keeps between pieces."""
         ...

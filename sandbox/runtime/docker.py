@@ -36,6 +36,7 @@ from sandbox.runtime.base import (
     WEIGHTS_MOUNT,
     ContainerJob,
     JobOutcome,
+    Limits,
     tail_text,
 )
 
@@ -338,6 +339,15 @@ class DockerRuntime:
             self._hand_back(folder, 0)
             folder = None
         return folder if folder is not None else self._new_output_folders(run_id, output_size, 1)[0]
+
+    def prepare_run(self, run_id: str, limits: Limits) -> None:
+        """Starts the run's first output folders (a keeper and its volumes, ~0.2 s) while the run is being set up."""
+        key = (run_id, limits.output_size)
+        with self._spare_lock:
+            if not self.keep_spares or self._spares.get(key) or self._preparing:
+                return
+            self._preparing += KEEPER_FOLDERS
+        self._preparations.append(self._preparer.submit(self._prepare_spares, key))
 
     def _prepare_spares(self, key: tuple[str, str]) -> None:
         try:

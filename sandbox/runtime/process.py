@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from sandbox.outputs_read import collect_folder
-from sandbox.runtime.base import WEIGHTS_ENV, ContainerJob, JobOutcome, tail_text
+from sandbox.runtime.base import WEIGHTS_ENV, ContainerJob, JobOutcome, Limits, tail_text
 
 WARNING = "--runtime process isolates nothing: submissions run as you, with your files and network. Trusted code only."
 
@@ -37,6 +37,9 @@ class ProcessRuntime:
 
     def wait_until_available(self, timeout_s: float) -> bool:
         return True
+
+    def prepare_run(self, run_id: str, limits: Limits) -> None:
+        pass  # a piece's output folder is a temporary folder, made in no time
 
     def close(self) -> None:
         pass
