@@ -23,8 +23,17 @@ from docker.errors import APIError, ContainerError, DockerException, ImageNotFou
 from sandbox.bundled import default_dataset_dir
 from sandbox.dataset import load_dataset
 from sandbox.errors import DataSetError, RuntimeUnavailable, SandboxError
-from sandbox.image_names import image_tag
-from sandbox.images import CPU_TARGETS, GPU_TARGETS, HASH_LABEL, image_staleness, local_base_id
+from sandbox.image_names import image_tag, is_sandbox_image
+from sandbox.images import (
+    CPU_TARGETS,
+    GPU_TARGETS,
+    HASH_LABEL,
+    ROOT_BUILD_HELP,
+    bootstrap_problem,
+    debootstrap_path,
+    image_staleness,
+    local_base_id,
+)
 from sandbox.runtime.base import LABEL_APP, SUBMISSION_UID
 from sandbox.runtime.docker import GPU_RUNTIME_FIX, KEEPER_IMAGE, docker_client, gpu_access
 
@@ -184,8 +193,11 @@ def _build_fix(client: docker.DockerClient, target: str | None = None) -> str:
     fix = "`sandbox images build` (a few minutes)"
     if target in GPU_TARGETS:
         fix = "`sandbox images build --gpu` (downloads about 3 GB of wheels per GPU image; docs/gpu.md)"
-    if local_base_id(client) is None and shutil.which("debootstrap") is None:
+    problem = bootstrap_problem() if local_base_id(client) is None else None
+    if problem is not None and debootstrap_path() is None:
         fix += f"; without Docker Hub it needs debootstrap: {INSTALL_HELP} installs it"
+    elif problem is not None:
+        fix += f"; without Docker Hub the base image is made with debootstrap, as root: {ROOT_BUILD_HELP}"
     return fix
 
 
@@ -199,6 +211,9 @@ def check_image(client: docker.DockerClient, tag: str, target: str | None = None
     try:
         image = client.images.get(tag)
     except ImageNotFound:
+        if is_sandbox_image(tag) and (local_base_id(client) is not None or bootstrap_problem() is None):
+            # `sandbox run` builds the images it needs: a fresh machine is ready, the first run just takes longer.
+            return Check(name, "warn", f"{tag} missing: the first `sandbox run` builds it", _build_fix(client, target))
         return Check(name, "fail", f"{tag} missing", _build_fix(client, target))
     if target is None:
         return Check(name, "ok", f"{tag} present")

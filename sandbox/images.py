@@ -220,6 +220,29 @@ def _content_hash(target: str, context: Path, base_id: str) -> str:
     return digest.hexdigest()
 
 
+ROOT_BUILD_HELP = 'build it once as root: `sudo "$(command -v sandbox)" images build --target base`'
+
+
+def debootstrap_path() -> str | None:
+    """debootstrap, also where Debian puts it outside a normal user's PATH (/usr/sbin)."""
+    return shutil.which("debootstrap") or next(
+        (path for path in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.access(path, os.X_OK)), None
+    )
+
+
+def bootstrap_problem() -> tuple[str, str] | None:
+    """Why this process cannot bootstrap a base image, and the fix; None when it can."""
+    if debootstrap_path() is None:
+        return (
+            "it cannot be pulled and debootstrap is missing",
+            "run `scripts/install-docker.sh` (it installs debootstrap) or `apt-get install debootstrap`, or name a "
+            "base image you have locally",
+        )
+    if os.geteuid() != 0:
+        return "it cannot be pulled, and debootstrap needs root", ROOT_BUILD_HELP
+    return None
+
+
 def bootstrap_base(client: docker.DockerClient, log: Log) -> str:
     """Makes a Debian bookworm image with python3 and venv when no base image can be pulled (about a minute)."""
     try:
@@ -227,18 +250,16 @@ def bootstrap_base(client: docker.DockerClient, log: Log) -> str:
         return BOOTSTRAP_IMAGE
     except ImageNotFound:
         pass
-    if shutil.which("debootstrap") is None:
-        raise ImageBuildError(
-            "base image",
-            "it cannot be pulled and debootstrap is missing",
-            "run `scripts/install-docker.sh` (it installs debootstrap) or `apt-get install debootstrap`, or name a "
-            "base image you have locally",
-        )
+    problem = bootstrap_problem()
+    if problem is not None:
+        raise ImageBuildError("base image", *problem)
     log("bootstrapping a Debian bookworm base image with debootstrap (about a minute)")
     with tempfile.TemporaryDirectory(prefix="sbx-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
+        debootstrap = debootstrap_path()
+        assert debootstrap is not None  # bootstrap_problem checked it
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs)],
+            [debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(rootfs)],
             capture_output=True,
             text=True,
         )

@@ -43,6 +43,21 @@ def test_a_missing_image_fails_with_the_build_command_as_its_fix():
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker_ready")
+def test_a_missing_runtime_image_the_first_run_builds_is_a_warning_not_a_failure():
+    """A fresh machine has none of the runtime images, and `sandbox run` builds them: `sandbox doctor && sandbox
+    run` (the README's first command) must reach the run."""
+    if local_base_id(docker.from_env()) is None:
+        pytest.skip("no base image here: whether one can be made depends on Docker Hub and debootstrap")
+    missing = image_tag(f"doctor-test-{uuid.uuid4().hex[:8]}")  # one of ours by its name, never built
+    checks = _by_name(run_checks(images=[missing]))
+    image = checks[f"image {missing}"]
+    assert image.status == "warn" and "the first `sandbox run` builds it" in image.detail
+    assert "sandbox images build" in image.fix
+    assert not any(check.failed for check in checks.values())
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_ready")
 def test_an_image_whose_content_hash_does_not_match_is_a_warning_to_rebuild():
     client = docker.from_env()
     if local_base_id(client) is None:
