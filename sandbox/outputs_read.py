@@ -64,15 +64,20 @@ def _printable_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def collect_tar_stream(chunks: Iterable[bytes]) -> tuple[dict[str, bytes], list[str]]:
+def collect_tar_stream(chunks: Iterable[bytes], capacity: int | None = None) -> tuple[dict[str, bytes], list[str]]:
     """Top-level regular files of a tar stream (as `docker cp` sends a folder).
 
     Hard links, symlinks, FIFOs, devices and folders are skipped by their tar type, never resolved. At most
     MAX_OUTPUT_ENTRIES members are parsed; the rest of the stream is drained unparsed, so the connection ends
     cleanly. A truncated or malformed archive raises HostFault.
+
+    `capacity`: the most bytes the folder can hold. Files declaring more in all are sparse (a `truncate -s 1P`
+    costs a tmpfs nothing, but its archive streams every zero): reading stops at the first such member, which is
+    listed as skipped with the rest unread, and the caller closes the stream.
     """
     files: dict[str, bytes] = {}
     skipped: list[str] = []
+    declared = 0
     iterator = iter(chunks)
     try:
         with tarfile.open(
@@ -94,6 +99,10 @@ def collect_tar_stream(chunks: Iterable[bytes]) -> tuple[dict[str, bytes], list[
                 if shown != name or len(parts) != 1 or not member.isreg():
                     skipped.append(shown)
                     continue
+                declared += member.size
+                if capacity is not None and declared > capacity:
+                    skipped.append(f"{shown} (and whatever follows it: declares more bytes than the folder holds)")
+                    return files, skipped
                 if len(files) >= MAX_OUTPUT_FILES or member.size > MAX_OUTPUT_FILE_BYTES:
                     skipped.append(parts[0])
                     continue

@@ -249,6 +249,8 @@ HOSTILE = {
     "    if pid == 0:\n        time.sleep(600)\n        os._exit(0)\nelse:\n    sys.exit(0)\n"
     "for p in pathlib.Path(sys.argv[1]).glob('*.png'):\n    shutil.copy(p, sys.argv[2])\n",
     "fill_output": '#!/bin/sh\ncp "$1"/*.png "$2"/\ndd if=/dev/zero of="$2/fill" bs=1M count=64 2>/dev/null\nexit 0\n',
+    # A petabyte that costs the tmpfs nothing: its archive would stream zeros for days if read to the end.
+    "sparse_output": '#!/bin/sh\ncp "$1"/*.png "$2"/\ntruncate -s 1P "$2/sparse"\nexit 0\n',
 }
 
 
@@ -270,6 +272,8 @@ def test_hostile_submissions_stay_inside_and_the_run_goes_on(tmp_path, small_dat
     forks = int(re.search(r"fork refused after (\d+) forks", failures["fork_bomb"]["log_tail"]).group(1))
     assert forks < 64, failures["fork_bomb"]["log_tail"]
     assert failures["fill_output"]["failed_images"] == 0 and failures["fill_output"]["pieces_failed"] == 0
+    # Read up to the sparse file (in the order Docker lists the folder), which is listed; the run went on.
+    assert failures["sparse_output"]["skipped_output_files"] == 1, failures["sparse_output"]
     assert result.results["scores"]["defense"]["always3"] > 0
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["settings"]["limits"]["pids"] == 64 and manifest["settings"]["isolation"] == "docker/runc"

@@ -261,6 +261,24 @@ def test_tar_file_over_the_size_cap_is_skipped_unread():
     assert files == {"small.png": b""} and skipped == ["big.png"]
 
 
+def test_tar_member_declaring_more_than_the_folder_holds_stops_reading_at_once():
+    """A sparse file (`truncate -s 1P`) costs a tmpfs nothing, but Docker's archive streams every zero of it: the
+    reader must stop at its header, not skip a petabyte."""
+    infos = [_info("before.png", size=3), _info("sparse", size=2**50), _info("after.png")]
+    consumed = []
+    stream = (consumed.append(len(chunk)) or chunk for chunk in _lazy_tar(infos))
+    files, skipped = collect_tar_stream(stream, capacity=8 * MiB)
+    assert files == {"before.png": bytes(3)}
+    assert len(skipped) == 1 and skipped[0].startswith("sparse (and whatever follows it")
+    assert sum(consumed) < 16 * MiB
+
+
+def test_tar_members_adding_up_to_more_than_the_folder_holds_stop_reading_there():
+    infos = [_info(f"f{i}.png", size=3 * MiB) for i in range(4)]
+    files, skipped = collect_tar_stream(_lazy_tar(infos), capacity=8 * MiB)
+    assert sorted(files) == ["f0.png", "f1.png"] and skipped[0].startswith("f2.png (and whatever follows it")
+
+
 @pytest.mark.parametrize("cut", [100, 512, 1000, 2047 + 512, 3000])
 def test_tar_stream_that_ends_inside_a_header_or_file_is_a_host_fault(cut):
     # (Cut exactly between members, tarfile reads a clean end of archive; Docker's chunked HTTP stream then fails.)

@@ -21,7 +21,7 @@ from typing import Any
 
 import docker
 import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound, create_api_error_from_http_exception
 from docker.types import DeviceRequest, LogConfig
 
 from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError, one_line
@@ -37,6 +37,7 @@ from sandbox.runtime.base import (
     ContainerJob,
     JobOutcome,
     Limits,
+    size_bytes,
     tail_text,
 )
 
@@ -510,6 +511,23 @@ class DockerRuntime:
             **self._locked_down(labels),
         )
 
+    def _read_folder(self, keeper, path: str, capacity: int) -> tuple[dict[str, bytes], list[str]]:
+        """The folder's files, as a tar stream through the keeper (`docker cp`). The request is made here rather
+        than with `Container.get_archive`, which keeps no handle on the response: reading may stop early (a sparse
+        file, see `collect_tar_stream`), and the connection must then be closed, not left to stream on."""
+        api = self.client.api
+        url = f"{api.base_url}/v{api.api_version}/containers/{keeper.id}/archive"
+        response = api.get(url, params={"path": f"{path}/."}, stream=True, timeout=api.timeout)
+        try:
+            try:
+                response.raise_for_status()
+            except requests.HTTPError as exc:
+                raise create_api_error_from_http_exception(exc) from None
+            # A tmpfs holds at most its size (in whole pages); the slack covers the rounding.
+            return collect_tar_stream(response.iter_content(64 * 1024), capacity + 1024**2)
+        finally:
+            response.close()
+
     def _outcome(
         self, job: ContainerJob, container, folder: OutputFolder, timed_out: bool, wall: float, memory_peak: int | None
     ) -> JobOutcome:
@@ -519,8 +537,7 @@ class DockerRuntime:
         stdout = container.logs(stdout=True, stderr=False, tail=2000)
         stderr = container.logs(stdout=False, stderr=True, tail=2000)
         keeper = folder.keeper.container
-        chunks, _ = keeper.get_archive(f"{folder.path}/.")
-        files, skipped = collect_tar_stream(chunks)
+        files, skipped = self._read_folder(keeper, folder.path, size_bytes(job.limits.output_size))
         keeper.reload()
         if not keeper.attrs["State"].get("Running"):
             # The keeper never exits by itself and the submission cannot reach it: the daemon stopped it (a
