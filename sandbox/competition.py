@@ -237,6 +237,28 @@ def _manifest(
     }
 
 
+def _check_same_dataset(store: RunStore, dataset: DataSet, out: Path) -> None:
+    """A resume must score the images the run started with: its stored pieces name batches of the data set, not
+    images, so another data set would be scored half with the old pieces, silently."""
+    digest = sha256_file(dataset.root / "dataset.csv")
+    recorded = store.meta_json("dataset")
+    if recorded is None and (out / "manifest.json").is_file():  # a run folder from before the check: its manifest
+        try:
+            recorded = json.loads((out / "manifest.json").read_text())["dataset"]
+        except (ValueError, KeyError, TypeError, OSError):
+            recorded = None
+    if not isinstance(recorded, dict) or not recorded.get("csv_sha256"):
+        store.set_meta("dataset", json.dumps({"path": str(dataset.root), "csv_sha256": digest}))
+        return
+    if recorded["csv_sha256"] != digest:
+        raise SandboxError(
+            out,
+            f"this run folder was made with the data set {recorded.get('path')}, and {dataset.root}/dataset.csv is "
+            "not the one it had",
+            f"resume it with --dataset {recorded.get('path')} (as it was then), or choose a new run folder",
+        )
+
+
 def _open_run(out: Path, options: RunOptions) -> tuple[RunStore, str, str]:
     """Creates the run folder, or reopens it after checking it was made with the same scoring settings."""
     store = RunStore(out)
@@ -386,6 +408,7 @@ def _admit_all(
     """Admits every submission (and its image), reports what was left out, drops the results of resubmitted
     ones, and writes the manifest."""
     sets, dataset = _load_all(options, out)
+    _check_same_dataset(store, dataset, out)
     excluded = exclude(sets, options.exclude)
     _check_sizes(sets, dataset)
     for sub_id in sorted(set(options.exclude) - set(excluded)):
@@ -402,7 +425,8 @@ def _admit_all(
                 events.warning(warning)
     manifest = _manifest(options, run_id, dataset, sets, runtime, added, excluded)
     write_atomically(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    shutil.rmtree(out / "clean", ignore_errors=True)  # inputs cached by an interrupted run: written afresh
+    for cache in ("clean", "work"):  # inputs cached by an interrupted run (links to its files): written afresh
+        shutil.rmtree(out / cache, ignore_errors=True)
     removed = runtime.cleanup_run(run_id)
     if removed:
         events.message(f"removed {removed} containers/volumes left by an interrupted run")
@@ -623,6 +647,13 @@ def rebuild_report(run_dir: Path) -> dict:
     if not (run_dir / "store.sqlite").is_file():
         raise SandboxError(run_dir / "store.sqlite", "missing", "pass a run folder made by `sandbox run`")
     dataset = load_dataset(dataset_path)
+    recorded = manifest.get("dataset", {}).get("csv_sha256")
+    if recorded and sha256_file(dataset.root / "dataset.csv") != recorded:
+        raise SandboxError(
+            dataset.root / "dataset.csv",
+            "changed since the run (its SHA-256 is not the manifest's): the scores would be of other labels",
+            "restore the data set the run used, or run the competition again on this one",
+        )
     store = RunStore(run_dir)
     try:
         return write_outputs(run_dir, store, dataset, manifest)

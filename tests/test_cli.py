@@ -145,6 +145,27 @@ def test_resume_refuses_other_scoring_settings(tmp_path):
     assert changed.exit_code == 1 and "the same epsilon" in changed.output
 
 
+@pytest.mark.usefixtures("docker_ready")
+def test_resume_refuses_another_data_set_and_report_refuses_a_changed_one(tmp_path):
+    """Stored pieces name batches of the data set, not images: a resume on other images would mix two runs."""
+    dataset = make_small_dataset(tmp_path / "data", 10)
+    attacks = tmp_path / "a"
+    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    run = tmp_path / "run"
+    args = ["run", "--attacks", str(attacks), "--out", str(run)]
+    assert CliRunner().invoke(main, [*args, "--dataset", str(dataset)]).exit_code == 0
+    other = CliRunner().invoke(main, args)  # the shipped data set: the resume a user types from memory
+    assert other.exit_code == 1 and f"resume it with --dataset {dataset}" in other.output
+    assert CliRunner().invoke(main, [*args, "--dataset", str(dataset)]).exit_code == 0  # the right one still works
+
+    csv = dataset / "dataset.csv"
+    header, first, *rest = csv.read_text().splitlines()
+    image_id, label, target = first.split(",")
+    csv.write_text("\n".join([header, f"{image_id},{(int(label) + 1) % 10},{target}", *rest]) + "\n")
+    report = CliRunner().invoke(main, ["report", str(run)])
+    assert report.exit_code == 1 and "dataset.csv" in report.output and "changed since the run" in report.output
+
+
 def test_untrusted_text_reaches_the_terminal_without_escape_sequences_or_markup():
     from rich.console import Console
 
