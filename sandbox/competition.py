@@ -385,6 +385,7 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
             cleanup.result()
     except BaseException:
         _stop_containers(executor, run_id, events)
+        _close_quietly(runtime, events)  # first: a worker still busy starts nothing new, not even a retry
         _stop_containers(runtime, run_id, events)  # an interrupt, Docker going away: a resume re-runs those pieces
         discard = starting
         raise
@@ -431,6 +432,14 @@ def _admit_all(
     if removed:
         events.message(f"removed {removed} containers/volumes left by an interrupted run")
     return sets, dataset, manifest
+
+
+def _close_quietly(runtime: Runtime, events: Events) -> None:
+    """Best effort while a run stops, like `_stop_containers`."""
+    try:
+        runtime.close()
+    except Exception as exc:  # noqa: BLE001 - reported, and the original error is re-raised by the caller
+        events.warning(f"could not close the runtime ({type(exc).__name__}: {exc})")
 
 
 def _stop_containers(runtime: Runtime | Executor, run_id: str, events: Events) -> None:

@@ -59,6 +59,11 @@ class HostFault(SandboxError):
     """
 
 
+class RunStopping(SandboxError):
+    """The run is stopping (an interrupt, a failure elsewhere) and its runtime is closed: a piece still on a worker
+    ends here instead of starting a container, and is not tried again (a resume runs it)."""
+
+
 class RuntimeUnavailable(HostFault):
     """The container runtime cannot be reached: the run waits for it (--docker-wait), then stops cleanly."""
 

@@ -135,6 +135,44 @@ def test_resume_after_sigkill_gives_identical_scores(tmp_path):
 
 
 @pytest.mark.usefixtures("docker_ready")
+def test_an_interrupt_ends_the_run_at_once_and_leaves_nothing_running(tmp_path):
+    """Ctrl-C while pieces run: their containers are removed, and their workers neither try them again nor start
+    anything else, so the command exits 130 at once instead of waiting out a retried piece."""
+    dataset = make_small_dataset(tmp_path / "data", 10)
+    attacks = tmp_path / "a"
+    for name in ("sleeper1", "sleeper2", "sleeper3"):
+        write_submission(attacks, name, "attack", "#!/bin/sh\nsleep 50\n")
+    out = tmp_path / "run"
+    args = ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--out", str(out), "--jobs", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    client = docker.from_env()
+    run_id, deadline = None, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(out / "store.sqlite") as db:
+                run_id = (db.execute("SELECT value FROM meta WHERE key = 'run_id'").fetchone() or [None])[0]
+        except sqlite3.OperationalError:
+            continue  # no store yet
+        running = [c for c in _labelled_containers(client, run_id or "?") if c.status == "running"]
+        if sum(1 for c in running if not c.name.endswith("-keeper")) == 2:
+            break
+    else:
+        process.kill()
+        pytest.fail("the run never had both sleepers running")
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=45)  # a retried sleeper would hold the exit for 50 s
+    assert process.returncode == 130, output
+    assert time.monotonic() - interrupted < 30, output
+    assert f"resume with --out {out}" in output
+    assert not _labelled_containers(client, run_id)
+    assert not client.volumes.list(filters={"label": f"{LABEL_RUN}={run_id}"})
+
+
+@pytest.mark.usefixtures("docker_ready")
 def test_resume_refuses_other_scoring_settings(tmp_path):
     dataset = make_small_dataset(tmp_path / "data", 10)
     attacks = tmp_path / "a"

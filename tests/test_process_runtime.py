@@ -5,10 +5,16 @@ It needs no Docker, so these tests run everywhere, also where the container test
 from __future__ import annotations
 
 import csv
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from sandbox import Limits, RunOptions, load_dataset, run_competition
+from sandbox.errors import RunStopping
+from sandbox.runtime.base import ContainerJob
+from sandbox.runtime.process import ProcessRuntime
 from tests.submissions import FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
 
 FAST = Limits(time_per_100_images=150.0, memory="512m", cpus=1.0)
@@ -80,3 +86,24 @@ def test_time_limit_kills_the_whole_process_group_and_crashes_are_recorded(tmp_p
     assert not result.complete
     with (result.out / "attack_ranking.csv").open(newline="") as f:
         assert list(csv.reader(f)) == [["AttackName", "Score"], ["crash", str(20 - true3)], ["hang", str(20 - true3)]]
+
+
+def test_closing_ends_the_pieces_running_and_starts_no_more(tmp_path):
+    """What a stopping run relies on (an interrupt): its workers come back at once and try nothing again."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "run.sh").write_text("#!/bin/sh\nsleep 300\n")
+    (code / "run.sh").chmod(0o755)
+    job = ContainerJob("r", "p", "", str(code), "run.sh", str(tmp_path), "/output_images", (), {}, 600.0, FAST)
+    runtime = ProcessRuntime()
+    outcomes = []
+    worker = threading.Thread(target=lambda: outcomes.append(runtime.run(job)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not runtime._running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runtime.close()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and outcomes[0].exit_code == 128 + 9  # killed, not waited out
+    with pytest.raises(RunStopping):
+        runtime.run(job)

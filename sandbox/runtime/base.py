@@ -139,7 +139,8 @@ class Runtime(Protocol):
         ...
 
     def close(self) -> None:
-        """The run is over: release what the runtime keeps between pieces."""
+        """The run is over, or stopping: release what the runtime keeps between pieces. From here on `run` raises
+        RunStopping instead of starting anything, so a worker still busy when a run stops ends promptly."""
         ...
 
     def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:

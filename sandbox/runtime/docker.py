@@ -24,7 +24,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound, create_api_error_from_http_exception
 from docker.types import DeviceRequest, LogConfig
 
-from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError, one_line
+from sandbox.errors import HostFault, RunStopping, RuntimeUnavailable, SandboxError, one_line
 from sandbox.image_names import image_tag, is_sandbox_image
 from sandbox.outputs_read import collect_tar_stream
 from sandbox.runtime.base import (
@@ -216,6 +216,7 @@ class DockerRuntime:
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keeper")
         self._preparations: list[Future] = []
         self.keeper_image = keeper_image
+        self.closed = False  # set by `close`: no piece starts a container any more
         self.client = docker_client()
         try:
             info = self.client.info() if oci_runtime or gpus else {}
@@ -390,8 +391,10 @@ class DockerRuntime:
             self._removals.append(self._reaper.submit(_remove, [keeper.container], keeper.volumes))
 
     def close(self) -> None:
-        """No more spares; removes those started and waits for every removal (a run calls it when it ends)."""
+        """No more pieces and no more spares; removes the spares started and waits for every removal (a run calls it
+        when it ends or stops; a stopping run then removes its containers still running with `cleanup_run`)."""
         with self._spare_lock:
+            self.closed = True
             self.keep_spares = 0
         wait(self._preparations, timeout=120)
         with self._spare_lock:
@@ -454,13 +457,19 @@ class DockerRuntime:
         container.wait(timeout=60)
         return True
 
+    def _refuse_if_closed(self, job: ContainerJob) -> None:
+        if self.closed:
+            raise RunStopping(job.piece_id, "not started: the run is stopping", "resume the run folder to run it")
+
     def _run(self, job: ContainerJob) -> JobOutcome:
         """Create the locked-down container, run it to its exit or deadline, then read what it left."""
+        self._refuse_if_closed(job)
         folder = self._output_folder(job.run_id, job.limits.output_size)
         container = None
         output_bytes = SMALL_OUTPUT_BYTES + 1  # unknown until read: an error retires the keeper
         try:
             container = self._create(job, folder.volume.name)
+            self._refuse_if_closed(job)  # closed while creating: the stopping run's sweep may have missed it
             started = time.monotonic()
             container.start()
             peak = _MemoryPeak(container) if self.measure_memory else None

@@ -11,9 +11,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from sandbox.errors import RunStopping
 from sandbox.outputs_read import collect_folder
 from sandbox.runtime.base import WEIGHTS_ENV, ContainerJob, JobOutcome, Limits, tail_text
 
@@ -25,6 +27,11 @@ _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "LD_
 
 class ProcessRuntime:
     name = "process"
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._running: set[int] = set()  # process group ids of the pieces running now
+        self._lock = threading.Lock()
 
     def isolation(self) -> str:
         return "process (no isolation)"
@@ -42,9 +49,19 @@ class ProcessRuntime:
         pass  # a piece's output folder is a temporary folder, made in no time
 
     def close(self) -> None:
-        pass
+        """Ends the pieces still running (their whole process groups) and starts no more."""
+        with self._lock:
+            self.closed = True
+            running = list(self._running)
+        for pid in running:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def run(self, job: ContainerJob) -> JobOutcome:
+        if self.closed:
+            raise RunStopping(job.piece_id, "not started: the run is stopping", "resume the run folder to run it")
         with tempfile.TemporaryDirectory(prefix="sbx-out-") as out_root:
             output_dir = Path(out_root) / job.output_mount.strip("/")
             output_dir.mkdir()
@@ -74,6 +91,10 @@ class ProcessRuntime:
                     )
                 except OSError as exc:
                     return JobOutcome.refused(f"could not start {entry}: {exc.strerror}", self.isolation())
+                with self._lock:
+                    self._running.add(process.pid)
+                    if self.closed:  # closed while it started: `close` did not see it
+                        os.killpg(process.pid, signal.SIGKILL)
                 try:
                     exit_code: int | None = process.wait(timeout=job.time_limit_s)
                 except subprocess.TimeoutExpired:
@@ -85,6 +106,8 @@ class ProcessRuntime:
                     except ProcessLookupError:
                         pass
                     process.wait()
+                    with self._lock:
+                        self._running.discard(process.pid)
                 wall = time.monotonic() - started
                 files, skipped = collect_folder(output_dir)
                 logs = []
