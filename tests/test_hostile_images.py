@@ -47,3 +47,31 @@ def test_an_image_volume_gets_a_capped_tmpfs_not_the_hosts_disk(tmp_path, small_
 
     assert result.results["failures"]["fill_volume"]["failed_images"] == 0, result.results["failures"]
     assert anonymous_volumes(client) == volumes_before, "an anonymous volume was left on the host"
+
+
+@pytest.fixture
+def image_with_a_volume_inside_code():
+    client = docker.from_env()
+    dockerfile = f"FROM {BASE}\nVOLUME /code/cache\n".encode()
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True, network_mode="none")
+    tag = "adversarial-sandbox-test/volume-in-code:1"
+    image.tag(tag)
+    yield tag
+    client.images.remove(tag, force=True)
+
+
+def test_an_image_whose_volume_no_container_can_mount_is_left_out_not_a_host_fault(
+    tmp_path, small_dataset, image_with_a_volume_inside_code
+):
+    """Inside the read-only /code no mount point can be made, so every container of that image fails to start: as
+    a host fault that would stop the run, and every resume. It is the image's fault, found at admission."""
+    attacks, _, defenses = folders(tmp_path)
+    write_submission(attacks, "volume_in_code", "attack", FILL_VOLUME, image=image_with_a_volume_inside_code)
+    write_submission(attacks, "noop", "attack", '#!/bin/sh\ncp "$1"/*.png "$2"/\n')
+    write_submission(defenses, "always3", "defense", FIXED_LABEL_DEFENSE)
+    result = run_competition(options(tmp_path, small_dataset))
+
+    (left_out,) = result.left_out
+    assert left_out.id == "volume_in_code" and "declares VOLUME /code/cache" in left_out.error
+    assert result.results["failures"]["noop"]["failed_images"] == 0  # the run went on without it
+    assert result.results["scores"]["defense"]["always3"] > 0

@@ -10,6 +10,7 @@ the machine about as much as a small piece's own work.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shutil
 import threading
@@ -93,6 +94,24 @@ def _remove(containers: list, volumes: list) -> None:
             volume.remove(force=True)
         except (DockerException, requests.RequestException):
             pass
+
+
+# Where a piece's own mounts go, and the kernel's file systems: an image's VOLUME inside one (or a relative one)
+# makes every one of its containers fail to start, which would look like the host's fault, on every resume.
+RESERVED_PATHS = frozenset(
+    {"/code", "/input_images", "/output_images", "/output_data", WEIGHTS_MOUNT, "/proc", "/sys", "/dev"}
+)
+
+
+def _unmountable(path: str) -> bool:
+    """A declared VOLUME that no tmpfs can be mounted over: not a plain absolute path, the root or a kernel file
+    system, or inside a reserved place (a piece's own mount at the same path simply replaces it)."""
+    trimmed = path.rstrip("/") or "/"
+    if not trimmed.startswith("/") or posixpath.normpath(trimmed) != trimmed:
+        return True
+    if trimmed in ("/", "/proc", "/sys", "/dev"):
+        return True
+    return any(trimmed.startswith(f"{reserved}/") for reserved in RESERVED_PATHS)
 
 
 KEEPER_FOLDERS = 4  # output folders one keeper holds in a run (one piece each)
@@ -240,7 +259,13 @@ class DockerRuntime:
         problems = {}
         for image in sorted(set(images) | {self.keeper_image}):
             try:
-                self.client.images.get(image)
+                bad = [path for path in self._declared(image) if _unmountable(path)]
+                if bad:
+                    problems[image] = (
+                        f"image {image} declares VOLUME {bad[0]}, where no folder can be mounted (not a plain "
+                        f"absolute path, or inside {', '.join(sorted(RESERVED_PATHS))}); rebuild it without that "
+                        "VOLUME"
+                    )
             except ImageNotFound:
                 problems[image] = f"image {image} not found; build the sandbox's images with `sandbox images build`"
                 if not is_sandbox_image(image):
@@ -407,12 +432,16 @@ class DockerRuntime:
     def _tmpfs_mounts(self, image: str, size: str, bound: set[str]) -> dict[str, str]:
         """`/tmp`, and a capped tmpfs over every VOLUME the image declares: Docker would otherwise give each one
         an anonymous volume on the host's disk, writable despite the read-only root and with no size limit."""
+        paths = {"/tmp", *(path.rstrip("/") for path in self._declared(image))} - bound - {""}
+        return {path: f"size={size},mode=1777" for path in sorted(paths)}
+
+    def _declared(self, image: str) -> list[str]:
+        """The VOLUME paths the image declares (read once per image)."""
         declared = self._declared_volumes.get(image)
         if declared is None:
             config = self.client.images.get(image).attrs.get("Config") or {}
             declared = self._declared_volumes[image] = sorted(config.get("Volumes") or {})
-        paths = {"/tmp", *(path.rstrip("/") for path in declared)} - bound - {""}
-        return {path: f"size={size},mode=1777" for path in sorted(paths)}
+        return declared
 
     def wait_until_available(self, timeout_s: float) -> bool:
         """Pings the daemon every 2 s for up to `timeout_s` (a restart of dockerd, say); True once it answers."""
