@@ -7,7 +7,9 @@ The run folder holds everything: `manifest.json` (every setting), `store.sqlite`
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import os
 import platform
 import secrets
 import shutil
@@ -356,8 +358,20 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
 
         events.warning(WARNING)
     new_folder = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    store, run_id, secret = _open_run(out, options)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _lock_run_folder(out)
+    except BaseException:
+        _close_both(runtime, executor)
+        raise
+    try:
+        store, run_id, secret = _open_run(out, options)
+    except BaseException:
+        os.close(lock)
+        _close_both(runtime, executor)
+        if new_folder:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     discard = False
     try:
         starting = new_folder  # until admission is done, a failure leaves no run folder behind
@@ -391,16 +405,40 @@ def _run_competition(options: RunOptions, events: Events) -> RunResult:
         raise
     finally:
         try:
-            try:
-                runtime.close()
-            finally:
-                executor.close()
+            _close_both(runtime, executor)
         finally:
             store.close()
+            os.close(lock)
             if discard:
                 shutil.rmtree(out, ignore_errors=True)
     left_out = [lo for subs in sets.values() for lo in subs.left_out]
     return RunResult(out, results, left_out, resumed)
+
+
+def _close_both(runtime: Runtime, executor: Executor) -> None:
+    try:
+        runtime.close()
+    finally:
+        executor.close()
+
+
+def _lock_run_folder(out: Path) -> int:
+    """One run at a time in a run folder: a second one would remove the first one's containers and input folders
+    as leftovers and write the same store. The lock is the kernel's, so a killed run holds it no longer."""
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SandboxError(
+            out,
+            f"another `sandbox run` (process {holder}) is using this run folder",
+            "wait for it to end, or choose another --out",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def _admit_all(

@@ -173,6 +173,32 @@ def test_an_interrupt_ends_the_run_at_once_and_leaves_nothing_running(tmp_path):
 
 
 @pytest.mark.usefixtures("docker_ready")
+def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(tmp_path):
+    """A second `sandbox run --out` on a folder in use would remove the first run's containers as leftovers."""
+    dataset = make_small_dataset(tmp_path / "data", 10)
+    attacks = tmp_path / "a"
+    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    out = tmp_path / "run"
+    args = ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    other = subprocess.Popen(  # holds the folder's lock as a running `sandbox run` does
+        [sys.executable, "-c", f"import fcntl, time; f = open({str(out / '.lock')!r}, 'r+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        refused = CliRunner().invoke(main, args)
+        assert refused.exit_code == 1
+        assert "another `sandbox run`" in refused.output and "choose another --out" in refused.output
+        assert (out / "results.json").is_file()  # the folder is left as it was
+    finally:
+        other.kill()
+        other.wait()
+    assert CliRunner().invoke(main, args).exit_code == 0  # free again once that process is gone
+
+
+@pytest.mark.usefixtures("docker_ready")
 def test_resume_refuses_other_scoring_settings(tmp_path):
     dataset = make_small_dataset(tmp_path / "data", 10)
     attacks = tmp_path / "a"
