@@ -225,9 +225,10 @@ def parse_result_csv(data: bytes, known_names: set[str]) -> tuple[dict[str, int]
     A UTF-8 BOM, CRLF and spaces or tabs around fields are tolerated; `3.0`, `nan`, unknown names and paths are
     not. Lines are read lazily, so 16 MiB of empty lines costs no more memory than one line.
     """
-    text = io.TextIOWrapper(
-        io.BytesIO(data[:MAX_RESULT_CSV_BYTES]), encoding="utf-8-sig", errors="replace", newline=None
-    )
+    if len(data) > MAX_RESULT_CSV_BYTES:  # read up to the cap, and not the line it cuts: `name,123` is no `name,12`
+        end = max(data.rfind(b"\n", 0, MAX_RESULT_CSV_BYTES), data.rfind(b"\r", 0, MAX_RESULT_CSV_BYTES))
+        data = data[: end + 1]
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="replace", newline=None)
     labels: dict[str, int] = {}
     bad = 0
     for line in text:

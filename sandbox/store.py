@@ -195,13 +195,15 @@ class RunStore:
     def save_adversarial_pngs(self, pngs: dict[str, bytes]) -> None:
         """A piece's new images, each renamed into place whole, then made durable with one flush of the file
         system, before the piece's row is committed: an fsync per image cost more than the rest of the piece."""
-        written = False
         for sha256, png in pngs.items():
             path = self.adversarial_path(sha256)
-            if not path.exists():
+            try:
+                whole = path.stat().st_size == len(png)
+            except FileNotFoundError:
+                whole = False
+            if not whole:  # new, or cut short by a power cut before an earlier try of this piece was flushed
                 write_atomically(path, png, durable=False)
-                written = True
-        if written:
+        if pngs:  # also files an earlier try renamed into place but never flushed (it was killed)
             sync_filesystem(self.run_dir)
 
     # -- pieces

@@ -141,6 +141,14 @@ def test_result_csv_is_read_only_up_to_its_cap():
     assert parse_result_csv(data, {"a.png", "b.png"}) == ({"a.png": 1}, 0)
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_result_csv_line_cut_by_the_cap_is_dropped_not_read_as_a_shorter_label(newline):
+    head = b"a.png,1" + newline
+    spaces = b" " * (MAX_RESULT_CSV_BYTES - len(head) - len(b"b.png,12"))  # blanks around a field are allowed
+    data = head + spaces + b"b.png,123" + newline  # the cap falls between `2` and `3`
+    assert parse_result_csv(data, {"a.png", "b.png"}) == ({"a.png": 1}, 0)
+
+
 def test_result_csv_label_of_thousands_of_digits_is_a_bad_line_not_a_crash():
     data = ("a.png," + "9" * 5000 + "\nb.png,-" + "1" * 4301 + "\nc.png,3\n").encode()
     assert parse_result_csv(data, {"a.png", "b.png", "c.png"}) == ({"c.png": 3}, 2)

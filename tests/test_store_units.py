@@ -178,8 +178,21 @@ def test_adversarial_pngs_are_stored_by_hash_and_never_rewritten(tmp_path):
     store.save_adversarial_pngs({sha: b"first"})
     path = tmp_path / "adversarial" / "ab" / f"{sha}.png"
     assert store.adversarial_path(sha) == path and path.read_bytes() == b"first"
-    store.save_adversarial_pngs({sha: b"second"})  # same pixels, same hash: the file is already whole
+    store.save_adversarial_pngs({sha: b"again"})  # same pixels, same hash: the file is already whole
     assert path.read_bytes() == b"first"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left beside it
     store.close()
     assert _count(tmp_path, "adversarial") == 0
+
+
+def test_an_adversarial_png_cut_short_by_a_power_cut_is_written_again(tmp_path):
+    """A piece killed after renaming its files into place, before the flush: after a power cut a file can be
+    empty under its final name. The piece runs again on resume; its files must not be taken as already whole."""
+    store = RunStore(tmp_path)
+    sha = "cd" + "0" * 62
+    path = store.adversarial_path(sha)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    store.save_adversarial_pngs({sha: b"whole png"})
+    assert path.read_bytes() == b"whole png"
+    store.close()
