@@ -192,3 +192,20 @@ def test_stopping_early_starts_nothing_more():
             break
     time.sleep(0.1)
     assert set(started) <= {0, 1, 2}
+
+
+def test_a_ray_worker_that_finds_docker_gone_waits_for_it_instead_of_crashing(tmp_path):
+    """Before each try a cluster worker removes an earlier try's container; with the daemon gone (a restart) that
+    is the runtime being unavailable, which the run waits for (--docker-wait), not a traceback."""
+    import docker
+
+    from sandbox.errors import RuntimeUnavailable
+    from sandbox.executor.ray_cluster import _remove_earlier_tries
+    from sandbox.runtime.base import ContainerJob, Limits
+
+    class DaemonGone:  # what the worker's Docker runtime holds: a client, here of a daemon that does not answer
+        client = docker.DockerClient(base_url=f"unix://{tmp_path}/no-daemon.sock", version="1.41")
+
+    job = ContainerJob("run", "attack/x/0", "img", "/code", "run.sh", "/in", "/output_images", (), {}, 60.0, Limits())
+    with pytest.raises(RuntimeUnavailable, match="Docker stopped answering"):
+        _remove_earlier_tries(DaemonGone(), job)

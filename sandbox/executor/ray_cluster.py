@@ -14,11 +14,12 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sandbox.errors import HostFault, SandboxError
+from sandbox.errors import HostFault, RuntimeUnavailable, SandboxError
 from sandbox.executor.base import Messages, PieceRequest, Task, split_lanes
 from sandbox.runtime.base import LABEL_PIECE, LABEL_RUN, ContainerJob, JobOutcome, Limits, Runtime
 
@@ -77,7 +78,17 @@ class WorkerRuntime:
         return runtime.run(job)
 
     def wait_until_available(self, timeout_s: float) -> bool:
-        return self._runtime().wait_until_available(timeout_s)
+        """Also where this worker process has no runtime yet because Docker did not answer when it made one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                runtime = self._runtime()
+                break
+            except RuntimeUnavailable:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(2.0)
+        return runtime.wait_until_available(max(0.0, deadline - time.monotonic()))
 
     def cleanup_run(self, run_id: str, settle_s: float = 10.0) -> int:
         return self._runtime().cleanup_run(run_id, settle_s)
@@ -94,7 +105,10 @@ def _remove_earlier_tries(runtime: Runtime, job: ContainerJob) -> None:
     client = getattr(runtime, "client", None)  # the Docker runtime's client; the process runtime has none
     if client is None:
         return
+    import requests
     from docker.errors import DockerException, NotFound
+
+    from sandbox.runtime.docker import DOCKER_HELP
 
     labels = [f"{LABEL_RUN}={job.run_id}", f"{LABEL_PIECE}={job.piece_id}"]
     try:
@@ -103,6 +117,8 @@ def _remove_earlier_tries(runtime: Runtime, job: ContainerJob) -> None:
                 container.remove(force=True, v=True)
             except NotFound:
                 pass
+    except requests.RequestException as exc:  # the daemon went away: waited for, as inside `DockerRuntime.run`
+        raise RuntimeUnavailable(job.piece_id, f"Docker stopped answering ({exc})", DOCKER_HELP) from None
     except DockerException as exc:
         raise HostFault(job.piece_id, f"could not remove its earlier try's container ({exc})") from None
 
