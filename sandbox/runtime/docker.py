@@ -114,6 +114,14 @@ def _unmountable(path: str) -> bool:
     return any(trimmed.startswith(f"{reserved}/") for reserved in RESERVED_PATHS)
 
 
+def _remove_keeper_named(client, name: str, volumes: list) -> None:
+    try:
+        containers = [client.containers.get(name)]
+    except (DockerException, requests.RequestException):
+        containers = []  # never created
+    _remove(containers, volumes)
+
+
 KEEPER_FOLDERS = 4  # output folders one keeper holds in a run (one piece each)
 SMALL_OUTPUT_BYTES = 64 * 1024**2  # a used folder holding more retires its keeper's unused folders
 
@@ -338,8 +346,8 @@ class DockerRuntime:
                 volumes={volume.name: {"bind": f"/out/{i}", "mode": "ro"} for i, volume in enumerate(volumes)},
                 **self._locked_down(labels),
             )
-        except BaseException:
-            self._removals.append(self._reaper.submit(_remove, [], volumes))
+        except BaseException:  # a keeper created but not started would hold the volumes: removed by its name first
+            self._removals.append(self._reaper.submit(_remove_keeper_named, self.client, f"{name}-keeper", volumes))
             raise
         keeper = _Keeper(container, volumes, out=count)
         return [OutputFolder(volume, keeper, f"/out/{i}") for i, volume in enumerate(volumes)]
@@ -361,10 +369,16 @@ class DockerRuntime:
                 self._preparing += KEEPER_FOLDERS
         if prepare:
             self._preparations.append(self._preparer.submit(self._prepare_spares, key))
-        if folder is not None and not _still_running(folder.keeper.container):  # a daemon restart stopped it
-            self._retire(folder.keeper)
-            self._hand_back(folder, 0)
-            folder = None
+        if folder is not None:
+            try:
+                running = _still_running(folder.keeper.container)
+            except BaseException:  # the daemon failed the question: the folder goes back, the piece is retried
+                self._hand_back(folder, 0)
+                raise
+            if not running:  # a daemon restart stopped its keeper
+                self._retire(folder.keeper)
+                self._hand_back(folder, 0)
+                folder = None
         return folder if folder is not None else self._new_output_folders(run_id, output_size, 1)[0]
 
     def prepare_run(self, run_id: str, limits: Limits) -> None:
