@@ -334,7 +334,7 @@ def _disk_full(out: Path, options: RunOptions) -> SandboxError:
         need_mb = int(3 * image_bytes * len(dataset.records) * max(1, n_attacks) / 1024**2) + 100
     except (SandboxError, OSError):
         need_mb = 100
-    fix = f"free about {need_mb} MB there and resume the run folder {out} (finished pieces are kept)"
+    fix = f"free about {need_mb} MB there and resume with --out {out} (finished pieces are kept)"
     return SandboxError(out, f"no space left on device ({free_mb} MB free)", fix)
 
 
@@ -599,7 +599,7 @@ def _retrying_host_faults(task: Task[T], runtime: Runtime, docker_wait: float, o
                     raise RuntimeUnavailable(
                         "",
                         f"Docker did not answer for {docker_wait:g} s",
-                        f"start it (`docker info`) and resume the run folder {out}",
+                        f"start it (`docker info`) and resume with --out {out}",
                     ) from None
                 events.message("Docker answers again; re-running the interrupted piece")
             except HostFault as exc:
@@ -607,7 +607,7 @@ def _retrying_host_faults(task: Task[T], runtime: Runtime, docker_wait: float, o
                     raise HostFault(
                         exc.where,
                         f"{exc.problem}; tried {HOST_FAULT_TRIES} times, stopping",
-                        f"fix the host and resume the run folder {out}",
+                        f"fix the host and resume with --out {out}",
                     ) from None
                 events.warning(f"{exc}; the host's fault, not the submission's: trying the piece again")
                 time.sleep(2.0 * attempt)

@@ -37,6 +37,7 @@ CPU_TARGETS = ("base", "torch-cpu", "tensorflow-cpu")  # what `sandbox images bu
 GPU_TARGETS = ("torch-gpu", "tensorflow-gpu")  # CUDA from the frameworks' wheels (~3 GB each): `--gpu` only
 TARGETS = CPU_TARGETS + GPU_TARGETS  # in Dockerfile order
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI serves torch's CUDA build only
 BOOTSTRAP_IMAGE = image_tag("bootstrap-bookworm")
 HASH_LABEL = "org.adversarial-sandbox.content-hash"
 # The base image is Debian bookworm (glibc 2.36): any manylinux wheel up to 2_28 runs there. Some CUDA wheels
@@ -200,9 +201,25 @@ def prepare_wheels(target: str, context: Path, source: WheelSource, log: Log) ->
         raise ImageBuildError(
             f"pip download for {target}",
             f"failed: {last}",
-            f"check the package index and find-links, or give a wheel folder with {_requirements(target)}",
+            "check the package index (`sandbox images build --index-url URL`, `--extra-index-url URL`, "
+            f"`--find-links DIR`, or pip's own PIP_* settings), or give `--wheel-dir DIR` with the wheels of "
+            f"{_requirements(target)} in DIR/{target}/",
         )
+    note = cuda_torch_note(target, dest)
+    if note:
+        log(note)
     marker.write_text(pins_text)
+
+
+def cuda_torch_note(target: str, wheels: Path) -> str | None:
+    """What to do when the CPU torch image got torch's CUDA build (PyPI's only one) and its NVIDIA wheels."""
+    if target != "torch-cpu" or not any(wheels.glob("nvidia_*.whl")):
+        return None
+    return (
+        f"{target}: the index gave torch's CUDA build (about 2.8 GB of wheels, for an image that runs on the CPU); "
+        f"for the CPU build, empty {wheels} and build again with PIP_EXTRA_INDEX_URL={TORCH_CPU_INDEX} set, or "
+        f"`sandbox images build --extra-index-url {TORCH_CPU_INDEX}`"
+    )
 
 
 def _content_hash(target: str, context: Path, base_id: str) -> str:
@@ -287,7 +304,12 @@ def resolve_base_image(client: docker.DockerClient, base_image: str, log: Log) -
         return base_image
     except (APIError, requests.RequestException) as exc:
         if base_image != DEFAULT_BASE_IMAGE:
-            raise ImageBuildError(f"base image {base_image}", f"not local and cannot be pulled ({exc})") from None
+            raise ImageBuildError(
+                f"base image {base_image}",
+                f"not local and cannot be pulled ({exc})",
+                "`docker load` it first, or leave out --base-image (without Docker Hub the default base is made "
+                "with debootstrap)",
+            ) from None
         log(f"cannot pull {base_image}: falling back to a debootstrapped Debian bookworm base")
     return bootstrap_base(client, log)
 

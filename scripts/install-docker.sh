@@ -3,6 +3,7 @@
 #   - Docker (the distribution's docker.io), started also on machines without an init system (containers, CI);
 #   - debootstrap, which `sandbox images build` falls back to when it cannot pull its base image (no Docker
 #     Hub), unless a base image is already here;
+#   - python3-venv where Python cannot make a virtual environment (Debian's Python refuses pip outside one);
 #   - for a user who is not root (or who ran it through sudo): membership of the docker group, so that
 #     `sandbox` reaches the daemon without sudo.
 # Run it as root (no sudo needed), or as a user with sudo: only the steps that need root go through sudo.
@@ -219,6 +220,12 @@ if ! have debootstrap; then
     log "installing debootstrap: \`sandbox images build\` needs it where python:3.11-slim cannot be pulled"
     apt_install "debootstrap" debootstrap
   fi
+fi
+
+# Debian's own Python refuses `pip install` outside a virtual environment, and makes one only with python3-venv.
+if have python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  log "installing python3-venv: \`python3 -m venv .venv\` makes the environment to install the sandbox into"
+  apt_install "python3-venv" python3-venv
 fi
 
 grant_docker_group

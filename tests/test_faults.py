@@ -122,7 +122,7 @@ def test_a_full_disk_stops_with_one_line_and_a_resume_gives_the_same_scores(tmp_
             run_competition(options(tmp_path, small_dataset, out=run), FillDiskAfterFirstPiece(disk / "filler"))
         message = str(error.value)
         assert "\n" not in message and message.startswith(f"{run}: no space left on device")
-        assert f"resume the run folder {run}" in message
+        assert f"resume with --out {run}" in message
         with sqlite3.connect(run / "store.sqlite") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             stored = db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
@@ -234,7 +234,7 @@ def test_a_daemon_that_refuses_every_container_stops_the_run_without_scoring_any
         run_competition(options(tmp_path, small_dataset, out=run, limits=Limits(memory="4m")))
     message = str(error.value)
     assert "\n" not in message and "Docker failed the container" in message
-    assert f"resume the run folder {run}" in message
+    assert f"resume with --out {run}" in message
     with sqlite3.connect(run / "store.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM pieces").fetchone()[0] == 0  # nobody was scored for it
     assert _run_containers(run) == []

@@ -229,3 +229,15 @@ def test_every_shipped_gpu_image_name_is_one_the_dockerfile_builds_beside_its_cp
         assert gpu_target, f"{metadata}: container_gpu {fields['container_gpu']} is not a GPU image of ours"
         assert fields["container"] == image_tag(gpu_target.replace("-gpu", "-cpu")), metadata
     assert named, "no shipped sample names a container_gpu"
+
+
+def test_a_cpu_torch_image_given_torchs_cuda_build_says_how_to_get_the_cpu_one(tmp_path):
+    """PyPI serves torch's CUDA build only: a torch-cpu image built from it works, with 2.8 GB of NVIDIA wheels."""
+    from sandbox.images import TORCH_CPU_INDEX, cuda_torch_note
+
+    (tmp_path / "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    assert cuda_torch_note("torch-cpu", tmp_path) is None  # torch alone: the CPU build, or unknown
+    (tmp_path / "nvidia_cublas_cu12-12.8.4.1-py3-none-manylinux_2_27_x86_64.whl").touch()
+    note = cuda_torch_note("torch-cpu", tmp_path)
+    assert note and "CUDA build" in note and f"PIP_EXTRA_INDEX_URL={TORCH_CPU_INDEX}" in note
+    assert cuda_torch_note("torch-gpu", tmp_path) is None  # there the CUDA build is the point
