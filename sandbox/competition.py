@@ -638,7 +638,9 @@ def _defense_plan(options, subs, store, distinct_hashes: list[str]) -> list[Defe
 
 def _run_defenses(run: _Run) -> int:
     subs = {s.id: s for s in run.sets["defense"].submissions}
-    distinct = run.store.distinct_hashes()
+    # The images of the attacks taking part: an excluded or removed attack's stored images are not classified.
+    attack_ids = [s.id for kind in ("attack", "targeted_attack") for s in run.sets[kind].submissions]
+    distinct = run.store.distinct_hashes(attack_ids)
     plan = _defense_plan(run.options, subs, run.store, distinct)
     pieces = sorted(plan, key=lambda p: -len(p.image_hashes))  # longest first
 

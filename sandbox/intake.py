@@ -100,8 +100,9 @@ def gather(
 
 
 def exclude(sets: dict[str, SubmissionSet], ids: Iterable[str]) -> list[str]:
-    """Takes the given ids out of the run (neither run nor scored; their stored results are kept, so taking
-    them back in costs nothing). Returns the ids that were found."""
+    """Takes the given ids out of the run (neither run nor scored, and an excluded attack's images are not given to
+    the defenses; their stored results are kept, so taking them back in costs at most the defense pieces for
+    images not classified yet). Returns the ids that were found."""
     wanted, found = set(ids), []
     for subs in sets.values():
         found += [s.id for s in subs.submissions if s.id in wanted]

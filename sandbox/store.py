@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -262,8 +262,15 @@ class RunStore:
         rows = self._db.execute("SELECT * FROM adversarial ORDER BY submission_id, image_id").fetchall()
         return [AdversarialRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
-    def distinct_hashes(self) -> list[str]:
-        return [row[0] for row in self._db.execute("SELECT DISTINCT sha256 FROM adversarial ORDER BY sha256")]
+    def distinct_hashes(self, attack_ids: Sequence[str] | None = None) -> list[str]:
+        """The distinct stored images, sorted; of the attacks `attack_ids` only, when given."""
+        if attack_ids is None:
+            rows = self._db.execute("SELECT DISTINCT sha256 FROM adversarial ORDER BY sha256")
+        else:
+            marks = ",".join("?" * len(attack_ids))
+            query = f"SELECT DISTINCT sha256 FROM adversarial WHERE submission_id IN ({marks}) ORDER BY sha256"
+            rows = self._db.execute(query, tuple(attack_ids))
+        return [row[0] for row in rows]
 
     def labels(self) -> dict[tuple[str, str], int | None]:
         return {(d, s): label for d, s, label in self._db.execute("SELECT defense_id, sha256, label FROM labels")}

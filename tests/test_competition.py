@@ -277,3 +277,22 @@ def test_hostile_submissions_stay_inside_and_the_run_goes_on(tmp_path, small_dat
     assert result.results["scores"]["defense"]["always3"] > 0
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["settings"]["limits"]["pids"] == 64 and manifest["settings"]["isolation"] == "docker/runc"
+
+
+def test_defenses_classify_only_the_images_of_the_attacks_taking_part(tmp_path, small_dataset):
+    """An attack whose images are stored, then excluded before the defenses ran (a kill, then a resume that
+    excludes it): the defenses never get its images, and the scores are those of a run without it."""
+    attacks, _, defenses = folders(tmp_path)
+    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    write_submission(attacks, "noise", "attack", NOISE_255_ATTACK, image=TORCH)
+    run_competition(options(tmp_path, small_dataset))  # attacks only: no defense yet
+    write_submission(defenses, "always3", "defense", FIXED_LABEL_DEFENSE)
+    result = run_competition(options(tmp_path, small_dataset, exclude=("noise",)))
+
+    with sqlite3.connect(result.out / "store.sqlite") as db:
+        classified = db.execute("SELECT COUNT(*) FROM labels WHERE defense_id = 'always3'").fetchone()[0]
+        noise_images = db.execute("SELECT COUNT(*) FROM adversarial WHERE submission_id = 'noise'").fetchone()[0]
+    assert noise_images == 20  # stored, kept
+    assert classified == 20  # the 20 clean images noop gave back, not noise's 20 as well
+    true3 = sum(r.true_label == 3 for r in load_dataset(small_dataset).records)
+    assert result.results["scores"]["defense"] == {"always3": true3}  # noop's images only
