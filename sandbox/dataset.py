@@ -56,11 +56,14 @@ class DataSet:
         return {record.image_id: record for record in self.records}
 
 
-def _parse_int(csv_path: Path, line: int, column: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise DataSetError(csv_path, f"line {line}: {column} '{value}' is not an integer label") from None
+def _parse_int(csv_path: Path, line: int, column: str, value: str | None) -> int:
+    if value is None:
+        raise DataSetError(
+            csv_path, f"line {line}: no {column}", "give every row all of " + ", ".join(REQUIRED_COLUMNS)
+        )
+    if not re.fullmatch(r"\s*[0-9]+\s*", value):  # not int(): it takes '²', '٣' and '1_0'
+        raise DataSetError(csv_path, f"line {line}: {column} '{value}' is not an integer label")
+    return int(value)
 
 
 def _read_records(csv_path: Path) -> list[ImageRecord]:
@@ -81,10 +84,27 @@ def _read_records(csv_path: Path) -> list[ImageRecord]:
             seen.add(image_id)
             true_label = _parse_int(csv_path, line, "TrueLabel", row["TrueLabel"])
             target = _parse_int(csv_path, line, "TargetClass", row["TargetClass"])
+            if target == true_label:
+                raise DataSetError(
+                    csv_path,
+                    f"line {line}: TargetClass is the TrueLabel ({target}), so a targeted attack would score on "
+                    "every image a defense gets right",
+                    "choose another target class for that image",
+                )
             records.append(ImageRecord(image_id, true_label, target))
     if not records:
         raise DataSetError(csv_path, "no images listed", "add rows")
     return records
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every whole PNG ends with
+
+
+def _ends_whole(path: Path) -> bool:
+    """Whether the file ends as a whole PNG does: a cheap check for every image of a large data set."""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - len(_PNG_END)))
+        return f.read() == _PNG_END
 
 
 def load_dataset(root: Path) -> DataSet:
@@ -98,8 +118,10 @@ def load_dataset(root: Path) -> DataSet:
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataSetError(info_path, f"not valid JSON ({exc})", "fix or delete it") from None
+        if not isinstance(info, dict):
+            raise DataSetError(info_path, "not a JSON object", 'write {"name": ..., "num_classes": ...} or delete it')
     size = mode = None
     for record in records:
         path = root / "images" / f"{record.image_id}.png"
@@ -108,6 +130,8 @@ def load_dataset(root: Path) -> DataSet:
         try:
             with Image.open(path) as image:
                 this_size, this_mode = image.size, image.mode
+                if not _ends_whole(path):  # cut short (an interrupted copy?): decoding it tells for sure
+                    image.load()
         except OSError as exc:
             raise DataSetError(path, f"not a readable PNG ({exc})", "rebuild the data set") from None
         if this_mode not in ("L", "RGB"):
@@ -120,7 +144,10 @@ def load_dataset(root: Path) -> DataSet:
             )
     class_names = tuple(info.get("class_names", ()))
     labels = [r.true_label for r in records] + [r.target_class for r in records]
-    num_classes = int(info.get("num_classes") or len(class_names) or max(labels) + 1)
+    declared = info.get("num_classes")
+    if declared is not None and (not isinstance(declared, int) or isinstance(declared, bool) or declared < 1):
+        raise DataSetError(info_path, f"num_classes {declared!r} is not a positive integer", "fix or remove it")
+    num_classes = declared or len(class_names) or max(labels) + 1
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
         raise DataSetError(root / "dataset.csv", f"label {bad[0]} outside 0..{num_classes - 1}", "fix num_classes")

@@ -119,7 +119,7 @@ def _parse_row(path: Path, line: int, row: dict[str, str]) -> SourceRow:
         raise DataSetError(path, f"line {line}: box {x1},{y1},{x2},{y2} is not inside 0..1", "fix the row")
     for column in ("TrueLabel", "TargetClass"):
         value = row.get(column) or ""
-        if not value.isdigit() or not 0 <= int(value) < NUM_CLASSES:
+        if not (value.isascii() and value.isdigit()) or not 0 <= int(value) < NUM_CLASSES:  # isdigit(): '²' too
             raise DataSetError(path, f"line {line}: {column} '{value}' is not a label 0..1000", "fix the row")
     return SourceRow(image_id, (row.get("URL") or "").strip(), (x1, y1, x2, y2), dict(row))
 

@@ -83,7 +83,7 @@ def image_id_for(file: str) -> str:
 
 def _label(csv_path: Path, line: int, column: str, value: str | None) -> int:
     text = (value or "").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit() alone takes '²', which int() refuses
         raise DataSetError(csv_path, f"line {line}: {column} '{text}' is not a label (an integer >= 0)", "fix the row")
     return int(text)
 

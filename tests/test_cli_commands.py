@@ -214,13 +214,26 @@ ROWS = [("a", 0, 1), ("b", 1, 2)]
         ("ImageId,TrueLabel,TargetClass\n", "dataset.csv: no images listed"),
         ("ImageId,TrueLabel,TargetClass\na,0,1\nb,1,7\n", "dataset.csv: label 7 outside 0..2"),
         ("ImageId,TrueLabel,TargetClass\na,0,1\nc,1,2\n", "images/c.png: missing"),
+        ("ImageId,TrueLabel,TargetClass\na,0,1\nb,1\n", "dataset.csv: line 3: no TargetClass"),
+        ("ImageId,TrueLabel,TargetClass\na,0,1\nb,\u00b2,1\n", "dataset.csv: line 3: TrueLabel '\u00b2' is not an"),
+        ("ImageId,TrueLabel,TargetClass\na,0,1\nb,1,1\n", "dataset.csv: line 3: TargetClass is the TrueLabel (1)"),
     ],
-    ids=["column", "label", "duplicate", "unsafe-id", "empty", "range", "image"],
+    ids=["column", "label", "duplicate", "unsafe-id", "empty", "range", "image", "short-row", "digit", "target"],
 )
 def test_dataset_check_names_the_problem_in_one_line(tmp_path, csv_text, expected):
     folder = write_dataset(tmp_path / "data", ROWS)
     (folder / "dataset.csv").write_text(csv_text)
     assert_one_error(invoke("dataset", "check", folder), str(folder), expected)
+
+
+def test_dataset_check_refuses_a_truncated_image_and_a_dataset_json_that_is_no_object(tmp_path):
+    folder = write_dataset(tmp_path / "data", ROWS)
+    image = folder / "images" / "b.png"
+    image.write_bytes(image.read_bytes()[:40])  # an interrupted copy: the header reads, the pixels do not
+    assert_one_error(invoke("dataset", "check", folder), str(image), "not a readable PNG")
+    folder = write_dataset(tmp_path / "data2", ROWS)
+    (folder / "dataset.json").write_text("[1, 2]")
+    assert_one_error(invoke("dataset", "check", folder), str(folder / "dataset.json"), "not a JSON object")
 
 
 def test_dataset_check_of_a_missing_folder_or_csv(tmp_path):

@@ -302,6 +302,7 @@ def test_cli_exits_1_with_one_line_when_nothing_can_be_fetched(server: Server, t
         (["x", "http://h/x.jpg", "0.5", "0", "0.4", "1", "1", "2"], "not inside 0..1"),
         (["x", "http://h/x.jpg", "0", "0", "1", "1", "1001", "2"], "TrueLabel '1001'"),
         (["../x", "http://h/x.jpg", "0", "0", "1", "1", "1", "2"], "ImageId '../x'"),
+        (["x", "http://h/x.jpg", "0", "0", "1", "1", "\u00b2", "2"], "TrueLabel '\u00b2'"),  # isdigit(), not int()
     ],
 )
 def test_a_bad_description_row_is_refused_before_any_download(tmp_path: Path, row: list[str], problem: str) -> None:

@@ -139,6 +139,7 @@ def test_image_ids_are_sanitised() -> None:
         ("name,TrueLabel", ["wide.png,0"], "header lacks file"),
         ("file,TrueLabel", ["wide.png,cat"], "line 2: TrueLabel 'cat' is not a label"),
         ("file,TrueLabel", ["wide.png,-1"], "TrueLabel '-1' is not a label"),
+        ("file,TrueLabel", ["wide.png,\u00b2"], "TrueLabel '\u00b2' is not a label"),
         ("file,TrueLabel,TargetClass", ["wide.png,1,1"], "line 2: TargetClass equals TrueLabel"),
         ("file,TrueLabel", ["missing.png,1"], "missing (listed on line 2"),
         ("file,TrueLabel", ["../outside.png,1"], "is outside"),
