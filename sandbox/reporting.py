@@ -40,7 +40,7 @@ NIPS_FILES = (
 def _csv_bytes(rows: list[list[object]]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8", "replace")  # hostile names cannot stop the scores being written
 
 
 def _matrix(rows: list[str], defenses: list[str], cells: dict[str, dict[str, int]]) -> bytes:
@@ -436,4 +436,4 @@ def write_report_html(out: Path, results: dict, store: RunStore, dataset: DataSe
         timeline=results["timing"]["timeline"],
         time_profile=results["timing"]["per_submission"],
     )
-    write_atomically(out / "report.html", html.encode())
+    write_atomically(out / "report.html", html.encode("utf-8", "replace"))  # no text can stop the report

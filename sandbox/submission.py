@@ -132,6 +132,12 @@ def read_metadata(path: Path) -> Metadata:
     if not isinstance(data, dict):
         raise SubmissionError(path, "not a JSON object", "write an object with type, container and entry_point")
     try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a `\ud800` escape decodes to half a character, which no file can hold
+        raise SubmissionError(
+            path, "holds a lone surrogate escape (\\ud800-\\udfff), which is no character", "remove it"
+        ) from None
+    try:
         return Metadata.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(path, exc) from None

@@ -184,6 +184,11 @@ def runs(tmp_path_factory):
     (hostile_root / "attacks" / "huge_metadata" / "metadata.json").write_text(
         json.dumps({"type": "attack", "container": BASE, "entry_point": "run.sh", "description": "x" * 3_000_000})
     )
+    # Half a UTF-16 pair: valid JSON, but no character, so no file (report.html) could hold the name.
+    (hostile_root / "attacks" / "surrogate_name").mkdir()
+    (hostile_root / "attacks" / "surrogate_name" / "metadata.json").write_text(
+        json.dumps({"type": "attack", "container": BASE, "entry_point": "run.sh", "name": "x\ud800"})
+    )
     honest = _run(honest_root, dataset, tmp / "honest_run")
     hostile = _run(hostile_root, dataset, tmp / "hostile_run")
     return honest, hostile, canary
@@ -240,6 +245,7 @@ def test_unreadable_metadata_is_left_out_in_one_line(runs):
     reasons = {lo.id: lo.error for lo in hostile.left_out}
     assert "nested too deeply" in reasons["deep_metadata"] and "\n" not in reasons["deep_metadata"]
     assert "keep metadata.json short" in reasons["huge_metadata"]
+    assert "lone surrogate" in reasons["surrogate_name"]
 
 
 def test_nothing_is_left_running_and_nothing_in_the_run_folder_is_writable_by_submissions(runs):
