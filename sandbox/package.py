@@ -11,7 +11,7 @@ import io
 import os
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sandbox.errors import SandboxError
 from sandbox.store import write_atomically
@@ -112,7 +112,7 @@ def package_submission(
     if out.suffix != ".zip":
         raise SandboxError(out, "the archive must end in .zip", "its name (without .zip) is the submission's id")
     data, files, left_out = archive_bytes(root, allow_large, skip=out.resolve())
-    if metadata.entry_point not in files:
+    if PurePosixPath(metadata.entry_point).as_posix() not in files:  # `./run.sh` is `run.sh`, as in a run
         raise SandboxError(root / metadata.entry_point, "the entry point would be left out", "it must be shipped")
     write_atomically(out, data)
     result = PackageResult(out, files, left_out)

@@ -6,6 +6,7 @@ organizer intake all call it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sandbox.archives import ARCHIVE_SUFFIXES, archive_problems, is_archive, is_image_archive, unpack_archive
-from sandbox.errors import SandboxError, SubmissionError
+from sandbox.errors import SandboxError, SubmissionError, one_line
 from sandbox.store import sha256_file
 
 SubmissionType = Literal["attack", "targeted_attack", "defense"]
@@ -85,7 +86,7 @@ class SubmissionSet:
 
 
 def submission_id(path: Path) -> str:
-    name = path.name
+    name = path.name if path.name not in ("", ".", "..") else path.resolve().name  # `sandbox validate .`
     for suffix in (*ARCHIVE_SUFFIXES, ".tar"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -125,8 +126,8 @@ def read_metadata(path: Path) -> Metadata:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise SubmissionError(path, "missing", "every submission needs metadata.json at its root") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SubmissionError(path, f"not valid JSON ({exc})", "fix the syntax") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of more than 4,300 digits
+        raise SubmissionError(path, f"not valid JSON ({one_line(exc)})", "fix the syntax") from None
     except RecursionError:
         raise SubmissionError(path, "nested too deeply to read", "use a flat JSON object") from None
     if not isinstance(data, dict):
@@ -169,7 +170,8 @@ def check_entry_point(root: Path, entry_point: str) -> None:
 
 def shebang_problem(path: Path) -> SubmissionError | None:
     """The kernel runs the entry point: a script needs `#!` and LF line ends on that line."""
-    head = path.read_bytes()[:256]
+    with path.open("rb") as f:
+        head = f.read(256)  # not the whole file: an entry point may be gigabytes
     if head.startswith(b"\x7fELF"):
         return None
     if not head.startswith(b"#!"):
@@ -266,6 +268,25 @@ def admit(path: Path, unpack_dir: Path | None = None, kind: SubmissionType | Non
     Archives are unpacked safely into `unpack_dir`; `kind`, when given, is the type the submission was given as.
     """
     path = Path(path)
+    try:
+        return _admit(path, unpack_dir, kind)
+    except SandboxError:
+        raise  # the host's (Docker unreachable while loading a saved image), not the submission's
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk while unpacking: the host's
+        return Admission(submission_id(path), path).refuse(_unreadable(path, exc))
+    except Exception as exc:  # noqa: BLE001 - whatever a crafted file makes a library raise
+        return Admission(submission_id(path), path).refuse(_unreadable(path, exc))
+
+
+def _unreadable(path: Path, exc: BaseException) -> SubmissionError:
+    """A submission that a library could not read (a bad CRC, an encrypted zip, an odd tar header): one line."""
+    fix = "package it again as a plain .zip or .tar.gz of its folder (`sandbox package`)"
+    return SubmissionError(path, f"cannot be read ({type(exc).__name__}: {one_line(exc)})", fix)
+
+
+def _admit(path: Path, unpack_dir: Path | None, kind: SubmissionType | None) -> Admission:
     admission = Admission(submission_id(path), path)
     if not path.exists():
         return admission.refuse(SubmissionError(path, "no such file or folder", "check the path"))

@@ -115,7 +115,7 @@ def load_image_submission(tar: Path, dest: Path) -> tuple[Path, str]:
     except (ImageNotFound, APIError) as exc:
         raise SubmissionError(tar, f"the image has no /code folder ({one_line(exc)})") from None
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # with the anonymous volumes of the image's VOLUMEs
     dest.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         archive.extractall(dest, filter="data")  # refuses absolute paths, `..` and links leaving dest

@@ -300,3 +300,62 @@ def test_equal_scores_share_a_place():
     assert [name for name, _ in ranked] == ["a", "b", "c", "d", "e"]  # the listing stays stable (by id)
     assert places(ranked) == [1, 1, 3, 3, 5]
     assert places([]) == []
+
+
+def _zip(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return path
+
+
+def _bad_crc(path: Path) -> Path:
+    _zip(path, [("metadata.json", b'{"type": "attack"}' * 50)])
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0xFF  # inside the stored member's data: its CRC no longer matches
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _tar(path: Path, names: list[str]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name in names:
+            tf.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    return path
+
+
+META = json.dumps({"type": "attack", "container": "x", "entry_point": "run.sh"}).encode()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: _zip(p / "s.zip", [("a", b"x"), ("a/b", b"y")]), "cannot be read"),
+        (lambda p: _bad_crc(p / "s.zip"), "cannot be read (BadZipFile"),
+        (lambda p: _tar(p / "s.tar.gz", ["a", "a/b"]), "cannot be read"),
+        (lambda p: _zip(p / "s.zip", [("metadata.json", b'{"type": ' + b"9" * 5000 + b"}")]), "metadata.json"),
+        (lambda p: _zip(p / "s.zip", [("metadata.json", META.replace(b"run.sh", b"r" * 300))]), "s.zip"),
+    ],
+    ids=["file-then-folder-zip", "bad-crc", "file-then-folder-tar", "5000-digit-number", "long-entry-point"],
+)
+def test_an_archive_a_library_cannot_read_is_refused_in_one_line_not_a_traceback(tmp_path, make, expected):
+    """One crafted upload must not stop an organizer's whole run (or every resume) with a traceback."""
+    from sandbox.submission import admit
+
+    archive = make(tmp_path)
+    admission = admit(archive, tmp_path / "unpacked")
+    assert admission.submission is None and admission.errors, admission
+    line = admission.errors[0].line()
+    assert expected in line and "\n" not in line, line
+
+
+def test_validate_dot_names_the_folder_and_package_takes_a_dot_slash_entry_point(tmp_path, monkeypatch):
+    from sandbox.package import package_submission
+    from sandbox.submission import submission_id
+
+    folder = write_submission(tmp_path, "my_attack", "attack", NOOP_ATTACK, entry="./run.sh")
+    monkeypatch.chdir(folder)
+    assert submission_id(Path(".")) == "my_attack"  # `sandbox validate .` from inside the folder
+    result = package_submission(folder, tmp_path / "my_attack.zip")
+    assert "run.sh" in result.files  # a run accepts `./run.sh`: packaging must too
+    assert load_submission(tmp_path / "my_attack.zip", tmp_path / "unpacked").id == "my_attack"
