@@ -7,6 +7,10 @@ any is left, then makes every file readable by the container's user.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import shutil
 import stat
 import tarfile
@@ -62,11 +66,68 @@ def _entries(archive: Path) -> list[tuple[str, str, int]]:
         return [(m.name, _tar_kind(m), m.size) for m in tf.getmembers()]
 
 
+MAX_TAR_META_BYTES = 64 * 1024  # a long name or PAX header (ours are a few hundred bytes)
+_TAR_META_TYPES = (b"L", b"K", b"x", b"g")  # GNU long name and link, PAX extended and global headers
+
+
+def _open_decompressed(archive: Path) -> io.BufferedIOBase:
+    with archive.open("rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(archive, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(archive, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(archive, "rb")
+    return archive.open("rb")
+
+
+def _tar_size(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # base-256, for sizes over 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _tar_header_problem(archive: Path) -> str | None:
+    """Reads a tar's raw headers, skipping the data, and stops at the first that would cost unbounded memory or
+    time before tarfile's own checks: tarfile reads a long-name or PAX header whole into memory (200 MB from a
+    200 KB .tgz), and lists every member before any limit is looked at."""
+    files = total = 0
+    with _open_decompressed(archive) as stream:
+        while True:
+            header = stream.read(512)
+            if len(header) < 512 or header == bytes(512):
+                return None  # the end (tarfile itself reports a truncated archive)
+            try:
+                size = _tar_size(header[124:136])
+            except ValueError:
+                return None  # not a tar header: tarfile says so
+            if header[156:157] in _TAR_META_TYPES:
+                if size > MAX_TAR_META_BYTES:
+                    return f"a name or PAX header of {size} bytes (at most {MAX_TAR_META_BYTES})"
+            else:
+                files, total = files + 1, total + size
+                if files > MAX_ARCHIVE_FILES:
+                    return f"more than {MAX_ARCHIVE_FILES} files"
+                if total > MAX_ARCHIVE_BYTES:
+                    return f"unpacks to more than {MAX_ARCHIVE_BYTES} bytes"
+            remaining = -(-size // 512) * 512
+            while remaining:
+                step = stream.read(min(remaining, 1 << 20))
+                if not step:
+                    return None
+                remaining -= len(step)
+
+
 def archive_problems(archive: Path) -> list[SubmissionError]:
     """Every reason not to unpack an archive, one error each: unsafe paths, links, special files, size."""
     try:
+        too_much = None if archive.name.endswith(".zip") else _tar_header_problem(archive)
+        if too_much:
+            return [SubmissionError(archive, too_much, f"ship less ({REPACK})")]
         entries = _entries(archive)
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, lzma.LZMAError) as exc:
         return [SubmissionError(archive, f"not a readable archive ({exc})", "re-create it with `sandbox package`")]
     problems: list[SubmissionError] = []
     for name, kind, _ in entries:

@@ -359,3 +359,23 @@ def test_validate_dot_names_the_folder_and_package_takes_a_dot_slash_entry_point
     result = package_submission(folder, tmp_path / "my_attack.zip")
     assert "run.sh" in result.files  # a run accepts `./run.sh`: packaging must too
     assert load_submission(tmp_path / "my_attack.zip", tmp_path / "unpacked").id == "my_attack"
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_a_tar_header_that_would_take_megabytes_of_memory_is_refused_before_tarfile_reads_it(tmp_path, tar_format):
+    """tarfile reads a long-name (GNU) or extended (PAX) header whole: a few hundred KB of .tgz, hundreds of MB."""
+    from sandbox.archives import archive_problems
+
+    archive = tmp_path / "s.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tar_format) as tf:
+        tf.addfile(tarfile.TarInfo("a" * 2_000_000), io.BytesIO(b""))
+    (problem,) = archive_problems(archive)
+    assert "a name or PAX header of" in problem.problem and problem.where == str(archive)
+
+
+def test_an_ordinary_tgz_passes_the_header_scan_and_unpacks(tmp_path):
+    source = write_submission(tmp_path / "src", "tarred", "attack", NOOP_ATTACK)
+    archive = tmp_path / "tarred.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(source, arcname="tarred")
+    assert load_submission(archive, tmp_path / "unpacked").id == "tarred"
