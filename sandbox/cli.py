@@ -457,7 +457,8 @@ def validate(
             out_console.print(
                 f"trial: {trial['images']} images in {trial['wall_s']:.1f} s; forecast at most "
                 f"{trial['forecast_s_per_100_images']:g} s per 100 images (limit {trial['limit_s_per_100_images']:g}), "
-                f"{trial['forecast_full_dataset_s']:g} s for the whole data set; memory peak {memory_text}",
+                f"{trial['forecast_full_dataset_s']:g} s for the whole data set; memory peak {memory_text}; "
+                f"{trial['cpus']:g} CPUs, a run's share per piece on this machine",
                 highlight=False,
             )
             if trial.get("accuracy_on_sample") is not None:

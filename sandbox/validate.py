@@ -24,7 +24,7 @@ from sandbox.outputs_read import decode_image, encode_png, parse_result_csv
 from sandbox.pieces import RunContext, execute_attack, execute_defense
 from sandbox.plan import AttackPiece, piece_seed
 from sandbox.runtime import Limits, make_runtime
-from sandbox.runtime.base import JobOutcome
+from sandbox.runtime.base import JobOutcome, default_workers
 from sandbox.submission import Finding, Findings, Level, Submission, admit, size_problem, submission_id
 from sandbox.weights import check_folder
 
@@ -281,7 +281,7 @@ def validate_submission(
 
     `weights`: a folder of model weights mounted read-only into the trial, as `sandbox run --weights` does."""
     path = Path(path)
-    limits = (limits or Limits()).for_workers(1)
+    limits = (limits or Limits()).for_workers(default_workers((limits or Limits()).memory))  # a run's CPU share
     report = ValidationReport(path=str(path), id=submission_id(path))
     work = Path(tempfile.mkdtemp(prefix="sbx-validate-"))
     try:
@@ -352,6 +352,7 @@ def _trial(report, submission, dataset, limits, epsilon, images, runtime, work, 
             "forecast_full_dataset_s": round(outcome.wall_s / len(sample) * len(dataset.records), 1),
             "memory_peak_bytes": outcome.memory_peak_bytes,
             "memory_limit": limits.memory,
+            "cpus": limits.cpu_share(),
             "exit_code": outcome.exit_code,
             "isolation": outcome.isolation,
         }
