@@ -55,15 +55,18 @@ def safetensors_problem(path: Path) -> str | None:
             if not 2 <= length <= min(MAX_HEADER, size - 8):
                 return "not a safetensors file (bad header length)"
             table = json.loads(f.read(length))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return f"not a safetensors file ({one_line(exc, 120)})"
     if not isinstance(table, dict):
         return "not a safetensors file (header is not a table)"
-    ends = [
-        entry["data_offsets"][1]
-        for name, entry in table.items()
-        if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2
-    ]
+    ends = []
+    for name, entry in table.items():
+        offsets = entry.get("data_offsets") if name != "__metadata__" and isinstance(entry, dict) else None
+        if offsets is None:
+            continue
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+            return f"not a safetensors file (tensor {one_line(name, 60)!r} has data_offsets {one_line(offsets, 60)})"
+        ends.append(offsets[1])
     if not ends:
         return "holds no tensors"
     if 8 + length + max(ends) != size:
@@ -72,12 +75,16 @@ def safetensors_problem(path: Path) -> str | None:
 
 
 def read_index(folder: Path) -> dict[str, dict]:
+    """What `fetch` recorded of each model (its SHA-256 above all); {} when there is no readable record, and only
+    the entries that are records."""
     path = Path(folder) / INDEX
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return index if isinstance(index, dict) else {}
+    if not isinstance(index, dict):
+        return {}
+    return {model: entry for model, entry in index.items() if isinstance(entry, dict)}
 
 
 def check_folder(folder: Path) -> Path:
@@ -115,7 +122,12 @@ def verify_folder(folder: Path, models: tuple[str, ...] = MODELS) -> dict[str, s
             problems[model] = f"{path} missing; {FETCH_FIX}"
         elif problem := safetensors_problem(path):
             problems[model] = f"{path}: {problem}; delete it and {FETCH_FIX}"
-        elif (expected := index.get(model, {}).get("sha256")) and sha256_file(path) != expected:
+        elif not (expected := index.get(model, {}).get("sha256")):
+            problems[model] = (
+                f"{path}: not recorded in {INDEX} (missing or unreadable), so not known to be the file fetched; "
+                f"delete it and {FETCH_FIX}"
+            )
+        elif sha256_file(path) != expected:
             problems[model] = f"{path}: its SHA-256 differs from the one in {INDEX}; delete it and fetch it again"
     return problems
 

@@ -152,6 +152,8 @@ def test_check_names_each_missing_broken_or_changed_file(hub: Hub, tmp_path: Pat
     result = CliRunner().invoke(main, ["weights", "check", str(folder), "--model", "good.model", "--model", "x.y"])
     assert result.exit_code == 1
     assert "good.model: ok" in result.output and "x.y.safetensors missing" in result.output
+    (folder / "weights.json").write_text("{broken")  # no record: whole files, but not known to be the ones fetched
+    assert "not recorded in weights.json" in verify_folder(folder, ("good.model",))["good.model"]
 
 
 def test_safetensors_check_on_edge_cases(tmp_path: Path) -> None:
@@ -162,6 +164,8 @@ def test_safetensors_check_on_edge_cases(tmp_path: Path) -> None:
         (struct.pack("<Q", 10**12) + b"{}", "bad header length"),
         (GOOD + b"x", "truncated or padded"),
         (struct.pack("<Q", 2) + b"{}", "holds no tensors"),
+        (struct.pack("<Q", 35) + b'{"t": {"data_offsets": ["0", "4"]}}', "has data_offsets"),
+        (struct.pack("<Q", 20_002) + b"[" * 10_001 + b"]" * 10_001, "not a safetensors file"),
     ]:
         path.write_bytes(data)
         problem = safetensors_problem(path)
