@@ -206,11 +206,12 @@ _CHART_COLORS = ("#3b6fb6", "#c0392b", "#2e8b57", "#7b52ab", "#d68910", "#17a589
 
 
 def submission_anchor(kind: str, submission_id: str) -> str:
-    """The fragment id of a submission's section: readable for plain ids, unique and URL-safe for any other."""
+    """The fragment id of a submission's section: readable for plain ids, unique and URL-safe for any other. The
+    hash follows a `~`, which no plain id holds, so no chosen id can take another submission's anchor."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", submission_id).strip("-")[:40]
     if slug == submission_id:
         return f"{kind}-{slug}"
-    return f"{kind}-{slug}-{hashlib.sha256(submission_id.encode()).hexdigest()[:8]}"
+    return f"{kind}-{slug}~{hashlib.sha256(submission_id.encode()).hexdigest()[:8]}"
 
 
 def _data_uri(png: bytes) -> str:

@@ -379,3 +379,13 @@ def test_an_ordinary_tgz_passes_the_header_scan_and_unpacks(tmp_path):
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(source, arcname="tarred")
     assert load_submission(archive, tmp_path / "unpacked").id == "tarred"
+
+
+def test_no_chosen_id_can_take_another_submissions_report_anchor():
+    from sandbox.reporting import submission_anchor
+
+    odd = submission_anchor("attack", "my attack")
+    assert odd.startswith("attack-my-attack~")
+    copycat = odd.removeprefix("attack-")  # the same text, chosen as a plain id by someone else
+    assert submission_anchor("attack", copycat) != odd
+    assert submission_anchor("attack", "plain_id-1.0") == "attack-plain_id-1.0"
