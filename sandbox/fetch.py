@@ -45,7 +45,7 @@ class FetchOptions:
     retries: int = 2  # extra tries after a transient failure (network error, timeout, 5xx, 429)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0  # the longest wait for any one chunk of the response
-    deadline_s: float = 120.0  # the longest one try may take, body included (a trickling server)
+    deadline_s: float = 120.0  # the longest one try may spend on the body (a trickling server)
     max_bytes: int = 50 * 1024 * 1024  # Flickr originals are a few MB; anything larger is not a photo
     max_redirects: int = 10
     backoff_s: float = 1.0  # wait before retry k: backoff_s * 2**k, with jitter
@@ -173,11 +173,13 @@ def stream_download(
             if status != 200:
                 raise FetchFailed(f"HTTP {status} {response.reason or ''}".strip(), status == 429 or status >= 500)
             declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > options.max_bytes:
+            if declared and not (declared.isascii() and declared.isdigit()):  # a header is any Latin-1: '²' too
+                declared = None
+            if declared and int(declared) > options.max_bytes:
                 raise FetchFailed(f"body of {declared} bytes is over the limit of {options.max_bytes}")
             size = _read_body(response, options, deadline, write)
             encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            if declared and declared.isdigit() and not encoded and size < int(declared):
+            if declared and not encoded and size < int(declared):
                 raise FetchFailed(f"truncated body: {size} of {declared} bytes", transient=True)
             return size
     except (TimeoutError, urllib3.exceptions.ReadTimeoutError):
