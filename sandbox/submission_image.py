@@ -52,12 +52,11 @@ def build_submission_image(archive: Path, base_image: str, content: str) -> str:
             for info in zf.infolist():
                 if (info.external_attr >> 16) & 0o111:
                     (context / "code" / info.filename).chmod(0o755)
-        (context / "Dockerfile").write_text(
-            f"FROM {base_image}\nCOPY code/ /code/\nLABEL {ID_LABEL}={sub_id} {ARCHIVE_LABEL}={content}\n"
-            "WORKDIR /code\n"
-        )
+        # The labels go through the API, not the Dockerfile: an id may hold spaces or `$`.
+        (context / "Dockerfile").write_text(f"FROM {base_image}\nCOPY code/ /code/\nWORKDIR /code\n")
+        labels = {ID_LABEL: sub_id, ARCHIVE_LABEL: content}
         try:
-            image, _ = client.images.build(path=str(context), rm=True, network_mode="none")
+            image, _ = client.images.build(path=str(context), rm=True, network_mode="none", labels=labels)
             return _tag(client, image.id, sub_id)
         except (APIError, DockerException) as exc:
             why = f"building the image of {sub_id} from {base_image} failed: {exc}"

@@ -219,3 +219,17 @@ def test_a_manifest_only_docker_can_see_is_never_read(saved, tmp_path):
     submission = load_submission(crafted, tmp_path / "unpacked")
     assert client.images.get(BASE).id == base_id
     assert submission.metadata.container == image_name("hidden", image_id.removeprefix("sha256:")[:12])
+
+
+def test_package_image_of_an_id_with_a_space_and_a_dollar_keeps_the_id_in_its_label(tmp_path, docker_ready):
+    """The labels once went into the Dockerfile's LABEL line, where `my attack$x` broke the build."""
+    from sandbox.submission_image import ID_LABEL
+
+    folder = write_submission(tmp_path / "src", "my attack$x", "attack", NOOP_ATTACK)
+    result = package_submission(folder, tmp_path / "my attack$x.zip", image=True)
+    client = docker.from_env()
+    image = client.images.get(result.image)
+    try:
+        assert image.labels[ID_LABEL] == "my attack$x"
+    finally:
+        client.images.remove(image.id, force=True)
