@@ -22,8 +22,8 @@ from PIL import Image
 
 from sandbox.dataset import DataSet, ImageRecord
 from sandbox.outputs_read import encode_png
-from sandbox.scoring import Scores, places, ranking
-from sandbox.store import AdversarialRecord, PieceRecord, RunStore, write_atomically
+from sandbox.scoring import MISSING, Scores, places, ranking
+from sandbox.store import AdversarialRecord, PieceRecord, RunStore, atomic_file, write_atomically
 from sandbox.timeline import time_profile, worker_timeline
 
 NIPS_FILES = (
@@ -60,13 +60,34 @@ def write_nips_files(out: Path, scores: Scores) -> None:
     write_atomically(out / "defense_ranking.csv", _ranking_file("DefenseName", scores.defense_scores()))
     write_atomically(out / "attack_ranking.csv", _ranking_file("AttackName", scores.attack_scores()))
     write_atomically(out / "targeted_attack_ranking.csv", _ranking_file("AttackName", scores.targeted_attack_scores()))
-    rows: list[list[object]] = [
-        ["AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel", "TargetClass"]
-    ]
-    for c in scores.classifications:
-        predicted = "" if c.predicted is None else c.predicted
-        rows.append([c.attack_id, c.targeted, c.defense_id, c.image_id, predicted, c.true_label, c.target_class])
-    write_atomically(out / "all_classification.csv", _csv_bytes(rows))
+    write_all_classification(out / "all_classification.csv", scores)
+
+
+CLASSIFICATION_COLUMNS = (
+    "AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel", "TargetClass"
+)  # fmt: skip
+
+
+def write_all_classification(path: Path, scores: Scores) -> None:
+    """Every (attack, defense, image) with its predicted label, written as it is made: the NIPS 2017 final's would
+    be 83 million rows."""
+    with atomic_file(path) as binary:
+        text = io.TextIOWrapper(binary, "utf-8", "replace", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(
+            ["AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel", "TargetClass"]
+        )
+        true, target = scores.true_labels.tolist(), scores.target_classes.tolist()
+        for targeted, attack_ids in ((False, scores.attacks), (True, scores.targeted_attacks)):
+            for attack_id in attack_ids:
+                for defense_id in scores.defenses:
+                    predicted = scores.predicted[attack_id, defense_id].tolist()
+                    writer.writerows(
+                        [attack_id, targeted, defense_id, image_id, "" if label == MISSING else label, t, c]
+                        for image_id, label, t, c in zip(scores.image_ids, predicted, true, target, strict=True)
+                    )
+        text.flush()
+        text.detach()  # the file stays open for `atomic_file` to flush to disk and rename
 
 
 @dataclass
@@ -182,15 +203,20 @@ def write_results(out: Path, results: dict) -> None:
 def accuracy_by_epsilon(scores: Scores, store: RunStore) -> dict:
     """Per defense, how many images of each epsilon it labelled right over all attacks: how its accuracy falls as
     the budget grows. Only delivered images count (an unfinished piece has no epsilon yet)."""
-    attacks = set(scores.attacks) | set(scores.targeted_attacks)
-    epsilon_of = {(r.submission_id, r.image_id): r.epsilon for r in store.adversarial() if r.submission_id in attacks}
-    images = Counter(epsilon_of.values())
+    position = {image_id: k for k, image_id in enumerate(scores.image_ids)}
+    epsilon_at = {a: np.full(scores.n_images, -1, dtype=np.int32) for a in scores.attacks + scores.targeted_attacks}
+    images: Counter[int] = Counter()
+    for r in store.adversarial():
+        if r.submission_id in epsilon_at:
+            images[r.epsilon] += 1
+            if r.image_id in position:
+                epsilon_at[r.submission_id][position[r.image_id]] = r.epsilon
     epsilons = sorted(images)
     correct = {d: dict.fromkeys(epsilons, 0) for d in scores.defenses}
-    for c in scores.classifications:
-        epsilon = epsilon_of.get((c.attack_id, c.image_id))
-        if epsilon is not None and c.predicted == c.true_label:
-            correct[c.defense_id][epsilon] += 1
+    for (attack_id, defense_id), predicted in scores.predicted.items():
+        right = epsilon_at[attack_id][predicted == scores.true_labels]
+        for epsilon, count in zip(*np.unique(right[right >= 0], return_counts=True), strict=True):
+            correct[defense_id][int(epsilon)] += int(count)
     return {
         "epsilons": epsilons,
         "images": [images[e] for e in epsilons],
@@ -334,8 +360,10 @@ def gallery_rows(
     store: RunStore, dataset: DataSet, attacks: list[tuple[str, str]], defenses: list[str], size: int
 ) -> list[dict]:
     """The first `size` images: clean, then per (attack, kind) the adversarial image, perturbation and labels."""
-    adversarial = {(r.submission_id, r.image_id): r for r in store.adversarial()}
-    gallery = _Gallery(store, dataset.mode, dataset.class_names, defenses, store.labels())
+    shown = [record.image_id for record in dataset.records[:size]]
+    adversarial = {(r.submission_id, r.image_id): r for r in store.adversarial(shown)}
+    labels = store.labels(sorted({r.sha256 for r in adversarial.values()}))  # not every label of the run
+    gallery = _Gallery(store, dataset.mode, dataset.class_names, defenses, labels)
     rows = []
     for record in dataset.records[:size]:
         clean = dataset.load_pixels(record.image_id)

@@ -6,10 +6,15 @@ that d labels with TargetClass. A missing or invalid label is wrong (and never a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from sandbox.dataset import DataSet
 from sandbox.store import RunStore
+
+MISSING = -1  # the predicted label of an image with no valid label: none stored yet, or an invalid one
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,25 @@ class Scores:
     defenses: list[str]
     correct: dict[str, dict[str, int]] = field(default_factory=dict)  # attack or targeted -> defense -> count
     hits: dict[str, dict[str, int]] = field(default_factory=dict)  # targeted -> defense -> count
-    classifications: list[Classification] = field(default_factory=list)
+    # (attack, defense) -> each image's predicted label in data set order, MISSING where there is none: one small
+    # array per pair, where a list of objects per classification took 40 GB for the NIPS 2017 final's 83 million.
+    predicted: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    image_ids: tuple[str, ...] = ()
+    true_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    target_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+    def classifications(self) -> Iterator[Classification]:
+        """Attack by attack (untargeted ones first), defense by defense, images in data set order."""
+        for targeted, attack_ids in ((False, self.attacks), (True, self.targeted_attacks)):
+            for attack_id in attack_ids:
+                for defense_id in self.defenses:
+                    predicted = self.predicted[attack_id, defense_id].tolist()
+                    for image_id, label, true, target in zip(
+                        self.image_ids, predicted, self.true_labels.tolist(), self.target_classes.tolist(), strict=True
+                    ):
+                        yield Classification(
+                            attack_id, targeted, defense_id, image_id, None if label == MISSING else label, true, target
+                        )
 
     def defense_scores(self) -> dict[str, int]:
         return {d: sum(self.correct[a][d] for a in self.attacks + self.targeted_attacks) for d in self.defenses}
@@ -76,35 +99,38 @@ def compute_scores(
 ) -> Scores:
     """Counts every (attack, defense) pair over every image of the data set. An image an attack failed is stored
     as the clean image (so defenses classify that); a missing or invalid label counts as wrong, and so does an image
-    with nothing stored yet (a partial run's unfinished piece): a partial run's scores are not final."""
-    labels = store.labels()
-    by_attack: dict[str, dict[str, str]] = {}
-    for row in store.adversarial():
-        by_attack.setdefault(row.submission_id, {})[row.image_id] = row.sha256
+    with nothing stored yet (a partial run's unfinished piece): a partial run's scores are not final.
+
+    Labels are read one defense at a time, as an array over the distinct images, and each attack's images are
+    looked up in it at once: memory grows with attacks x images, not with attacks x defenses x images."""
     scores = Scores(len(dataset.records), sorted(attacks), sorted(targeted_attacks), sorted(defenses))
-    for targeted, attack_ids in ((False, scores.attacks), (True, scores.targeted_attacks)):
-        for attack_id in attack_ids:
-            images = by_attack.get(attack_id, {})
-            scores.correct[attack_id] = {d: 0 for d in scores.defenses}
-            if targeted:
-                scores.hits[attack_id] = {d: 0 for d in scores.defenses}
-            for defense_id in scores.defenses:
-                for record in dataset.records:
-                    sha = images.get(record.image_id)
-                    predicted = labels.get((defense_id, sha)) if sha else None
-                    if predicted == record.true_label:
-                        scores.correct[attack_id][defense_id] += 1
-                    if targeted and predicted == record.target_class:
-                        scores.hits[attack_id][defense_id] += 1
-                    scores.classifications.append(
-                        Classification(
-                            attack_id,
-                            targeted,
-                            defense_id,
-                            record.image_id,
-                            predicted,
-                            record.true_label,
-                            record.target_class,
-                        )
-                    )
+    scores.image_ids = tuple(record.image_id for record in dataset.records)
+    scores.true_labels = np.array([record.true_label for record in dataset.records], dtype=np.int32)
+    scores.target_classes = np.array([record.target_class for record in dataset.records], dtype=np.int32)
+    position = {image_id: k for k, image_id in enumerate(scores.image_ids)}
+    all_attacks = scores.attacks + scores.targeted_attacks
+    # Each attack's image at each data set position, as an index into the distinct images; none stored: -1.
+    distinct: dict[str, int] = {}
+    images = {attack_id: np.full(scores.n_images, -1, dtype=np.int64) for attack_id in all_attacks}
+    for row in store.adversarial():
+        if row.submission_id in images and row.image_id in position:
+            images[row.submission_id][position[row.image_id]] = distinct.setdefault(row.sha256, len(distinct))
+    for index in images.values():
+        index[index < 0] = len(distinct)  # the slot past the last distinct image: never labelled
+    for attack_id in all_attacks:
+        scores.correct[attack_id] = {}
+    for attack_id in scores.targeted_attacks:
+        scores.hits[attack_id] = {}
+    for defense_id in scores.defenses:
+        labels = np.full(len(distinct) + 1, MISSING, dtype=np.int32)
+        for sha, label in store.labels_of(defense_id):
+            slot = distinct.get(sha)
+            if slot is not None and label is not None:
+                labels[slot] = label
+        for attack_id in all_attacks:
+            predicted = labels[images[attack_id]]
+            scores.predicted[attack_id, defense_id] = predicted
+            scores.correct[attack_id][defense_id] = int((predicted == scores.true_labels).sum())
+            if attack_id in scores.hits:
+                scores.hits[attack_id][defense_id] = int((predicted == scores.target_classes).sum())
     return scores

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +97,34 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """SQLite takes a bounded number of `?` in one statement."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """`write_atomically` for a file written piece by piece (one too large to hold in memory): readers see the old
+    file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
@@ -258,8 +287,16 @@ class RunStore:
             for row in rows
         ]
 
-    def adversarial(self) -> list[AdversarialRecord]:
-        rows = self._db.execute("SELECT * FROM adversarial ORDER BY submission_id, image_id").fetchall()
+    def adversarial(self, image_ids: Sequence[str] | None = None) -> list[AdversarialRecord]:
+        """Every stored image of every attack; of the images `image_ids` only, when given (the report's gallery)."""
+        if image_ids is None:
+            rows = self._db.execute("SELECT * FROM adversarial ORDER BY submission_id, image_id").fetchall()
+        else:
+            rows = []
+            for chunk in _chunks(list(image_ids)):
+                marks = ",".join("?" * len(chunk))
+                rows += self._db.execute(f"SELECT * FROM adversarial WHERE image_id IN ({marks})", chunk).fetchall()
+            rows.sort(key=lambda r: (r[0], r[1]))
         return [AdversarialRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
     def distinct_hashes(self, attack_ids: Sequence[str] | None = None) -> list[str]:
@@ -272,8 +309,21 @@ class RunStore:
             rows = self._db.execute(query, tuple(attack_ids))
         return [row[0] for row in rows]
 
-    def labels(self) -> dict[tuple[str, str], int | None]:
-        return {(d, s): label for d, s, label in self._db.execute("SELECT defense_id, sha256, label FROM labels")}
+    def labels(self, shas: Sequence[str] | None = None) -> dict[tuple[str, str], int | None]:
+        """{(defense, image hash): label} of every classified image; of the images `shas` only, when given. A whole
+        competition's labels are defenses x distinct images: `labels_of` reads them one defense at a time."""
+        if shas is None:
+            return {(d, s): label for d, s, label in self._db.execute("SELECT defense_id, sha256, label FROM labels")}
+        labels = {}
+        for chunk in _chunks(list(shas)):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT defense_id, sha256, label FROM labels WHERE sha256 IN ({marks})"
+            labels.update({(d, s): label for d, s, label in self._db.execute(query, chunk)})
+        return labels
+
+    def labels_of(self, defense_id: str) -> Iterator[tuple[str, int | None]]:
+        """(image hash, label) of every image one defense classified, streamed."""
+        yield from self._db.execute("SELECT sha256, label FROM labels WHERE defense_id = ?", (defense_id,))
 
     # -- submissions: what ran under each id, so that a changed submission is noticed and re-run
     def submission_digests(self) -> dict[str, tuple[str, str, str]]:

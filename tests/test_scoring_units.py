@@ -102,7 +102,7 @@ def test_normalised_scores_without_opponents_are_zero_not_a_division_error(store
 
 def test_every_classification_is_listed_with_missing_labels_as_none(store, dataset):
     _competition(store)
-    rows = _scores(store, dataset).classifications
+    rows = list(_scores(store, dataset).classifications())
     assert len(rows) == 3 * 2 * 4  # (attacks + targeted) x defenses x images
     by_key = {(c.attack_id, c.defense_id, c.image_id): c for c in rows}
     weak_i3 = by_key[("noop", "weak", "i3")]
