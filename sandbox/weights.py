@@ -142,8 +142,11 @@ class FetchResult:
 
 def _download(url: str, dest: Path, timeout_s: float) -> None:
     """Streams `url` into `dest` (a .part file beside the final one) through the data set fetch's download:
-    bounded in size, in time without data and in total time (a trickling server too), truncation detected."""
-    options = FetchOptions(read_timeout_s=timeout_s, deadline_s=max(timeout_s * 20, 600), max_bytes=MAX_FILE)
+    bounded in size, in time without data and in total time (a trickling server too), truncation detected.
+
+    The total is generous (an hour, or 60 x `timeout_s`): the largest file, ~220 MB, must also arrive over a slow
+    link (60 KB/s); a stalled server still ends after `timeout_s` without data."""
+    options = FetchOptions(read_timeout_s=timeout_s, deadline_s=max(timeout_s * 60, 3600), max_bytes=MAX_FILE)
     with requests.Session() as session, dest.open("wb") as f:
         stream_download(session, url, options, f.write)
 
