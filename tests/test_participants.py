@@ -150,3 +150,19 @@ def test_saved_submission_image_round_trips_through_validate_and_run(tmp_path, s
     assert run.results["failures"]["imaged"]["failed_images"] == 0
     manifest = json.loads((Path(run.out) / "manifest.json").read_text())
     assert manifest["submissions"]["attack"][0]["container"] == result.image
+
+
+def test_a_slow_forecast_from_a_few_trial_images_is_a_warning_and_from_twenty_an_error(tmp_path):
+    """The forecast counts start-up as per-image time: on 5 images a 2 s start-up reads as 40 s per 100 images."""
+    slow_start = "#!/bin/sh\nsleep 2\n" + NOOP_ATTACK.split("\n", 1)[1]
+    folder = write_submission(tmp_path, "slow_start", "attack", slow_start)
+    limits = Limits(time_per_100_images=30.0, min_time=60.0, memory="1g", cpus=1.0)
+    few = validate_submission(folder, limits=limits, images=5)
+    (finding,) = [f for f in few.findings if "forecast" in f.message]
+    assert finding.level == "warning" and "try 20 images or more" in finding.message
+    assert few.passed(strict=False)
+    slow_per_image = "#!/bin/sh\nsleep 8\n" + NOOP_ATTACK.split("\n", 1)[1]  # 40 s per 100 images on 20
+    folder = write_submission(tmp_path, "slow_per_image", "attack", slow_per_image)
+    many = validate_submission(folder, limits=limits, images=20)
+    (finding,) = [f for f in many.findings if "forecast" in f.message]
+    assert finding.level == "error" and not many.passed(strict=False)
