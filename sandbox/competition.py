@@ -428,7 +428,9 @@ def _lock_run_folder(out: Path) -> int:
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if not isinstance(exc, BlockingIOError):
+            return fd  # a file system without locks (some NFS set-ups): the run goes on unguarded, as before
         holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise SandboxError(
