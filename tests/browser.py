@@ -106,6 +106,9 @@ def _run_chromium(args: list[str], timeout: float = 90) -> str:
             "--hide-scrollbars",
             f"--user-data-dir={profile}",
             "--virtual-time-budget=5000",
+            # Each frame waits for every stage (images decoded, blended) before it is drawn: a screenshot taken
+            # while the machine was busy once caught the gallery's perturbation with one of its two images missing.
+            "--run-all-compositor-stages-before-draw",
             *args,
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
