@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE TABLE IF NOT EXISTS defense_plan (
     piece_id TEXT NOT NULL, defense_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (defense_id, sha256)
 );
+CREATE TABLE IF NOT EXISTS defense_pieces (
+    piece_id TEXT PRIMARY KEY, defense_id TEXT NOT NULL, set_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_sets (set_id TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (set_id, sha256));
 CREATE TABLE IF NOT EXISTS submissions (
     submission_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sha256 TEXT NOT NULL, added TEXT NOT NULL
 );
@@ -263,18 +267,48 @@ class RunStore:
             self._insert_piece(piece)
 
     def save_defense_plan(self, pieces: Iterable[tuple[str, str, tuple[str, ...]]]) -> None:
-        """(piece id, defense id, image hashes) of newly planned defense pieces, fixed from then on."""
-        rows = [(piece_id, defense, sha) for piece_id, defense, hashes in pieces for sha in hashes]
+        """(piece id, defense id, image hashes) of newly planned defense pieces, fixed from then on; an image a
+        defense already has in a piece is left out of a new one (a stored piece never moves).
+
+        Each distinct set of images is stored once, shared by every piece holding it: defenses planned together
+        hold the same images, so a run stores a few sets of its distinct images instead of a row per (defense,
+        image), 50 million rows at the NIPS 2017 final's size. (Run folders from before keep their rows in
+        `defense_plan`, read as they are.)"""
+        planned: dict[str, set[str]] = {}
+        for defense, hashes in self.defense_plan().values():
+            planned.setdefault(defense, set()).update(hashes)
+        rows, sets = [], {}
+        for piece_id, defense, hashes in pieces:
+            have = planned.setdefault(defense, set())
+            kept = tuple(sorted(sha for sha in hashes if sha not in have))
+            if not kept:
+                continue
+            have.update(kept)
+            set_id = hashlib.sha256("\n".join(kept).encode()).hexdigest()[:32]
+            sets[set_id] = kept
+            rows.append((piece_id, defense, set_id))
         with self._transaction():
-            self._db.executemany("INSERT OR IGNORE INTO defense_plan VALUES (?, ?, ?)", rows)
+            for set_id, kept in sets.items():
+                if self._db.execute("SELECT 1 FROM image_sets WHERE set_id = ? LIMIT 1", (set_id,)).fetchone():
+                    continue
+                self._db.executemany("INSERT INTO image_sets VALUES (?, ?)", ((set_id, sha) for sha in kept))
+            self._db.executemany("INSERT OR IGNORE INTO defense_pieces VALUES (?, ?, ?)", rows)
 
     def defense_plan(self) -> dict[str, tuple[str, tuple[str, ...]]]:
-        """{piece id: (defense id, sorted image hashes)} of every defense piece planned in this run folder."""
-        plan: dict[str, tuple[str, list[str]]] = {}
+        """{piece id: (defense id, sorted image hashes)} of every defense piece planned in this run folder; pieces
+        holding the same images share one tuple."""
+        legacy: dict[str, tuple[str, list[str]]] = {}
         query = "SELECT piece_id, defense_id, sha256 FROM defense_plan ORDER BY piece_id, sha256"
         for piece_id, defense, sha in self._db.execute(query):
-            plan.setdefault(piece_id, (defense, []))[1].append(sha)
-        return {piece_id: (defense, tuple(hashes)) for piece_id, (defense, hashes) in plan.items()}
+            legacy.setdefault(piece_id, (defense, []))[1].append(sha)
+        plan = {piece_id: (defense, tuple(hashes)) for piece_id, (defense, hashes) in legacy.items()}
+        sets: dict[str, tuple[str, ...]] = {}
+        for piece_id, defense, set_id in self._db.execute("SELECT * FROM defense_pieces").fetchall():
+            if set_id not in sets:
+                query = "SELECT sha256 FROM image_sets WHERE set_id = ? ORDER BY sha256"
+                sets[set_id] = tuple(row[0] for row in self._db.execute(query, (set_id,)))
+            plan[piece_id] = (defense, sets[set_id])
+        return dict(sorted(plan.items()))
 
     # -- reads, for scoring and reports
     def pieces(self) -> list[PieceRecord]:
@@ -348,6 +382,8 @@ class RunStore:
             self._db.execute("DELETE FROM adversarial WHERE submission_id = ?", (submission_id,))
             self._db.execute("DELETE FROM labels WHERE defense_id = ?", (submission_id,))
             self._db.execute("DELETE FROM defense_plan WHERE defense_id = ?", (submission_id,))
+            self._db.execute("DELETE FROM defense_pieces WHERE defense_id = ?", (submission_id,))
+            self._db.execute("DELETE FROM image_sets WHERE set_id NOT IN (SELECT set_id FROM defense_pieces)")
             self._db.execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,))
         return dropped
 

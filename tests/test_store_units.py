@@ -160,6 +160,36 @@ def test_the_defense_plan_is_fixed_once_saved(tmp_path):
     resumed.close()
 
 
+def test_defenses_planned_on_the_same_images_share_one_stored_set(tmp_path):
+    """One piece per defense over every image is the usual plan: stored as one set, not defenses x images rows."""
+    store = RunStore(tmp_path)
+    images = tuple(f"{k:064x}" for k in range(1000))
+    store.save_defense_plan([(f"defense/d{d}/0", f"d{d}", images) for d in range(50)])
+    store.close()
+    assert _count(tmp_path, "image_sets") == 1000 and _count(tmp_path, "defense_pieces") == 50
+    resumed = RunStore(tmp_path)
+    plan = resumed.defense_plan()
+    assert len(plan) == 50 and all(hashes == images for _, hashes in plan.values())
+    assert len({id(hashes) for _, hashes in plan.values()}) == 1  # one tuple in memory too
+    resumed.drop_submission("d0")
+    assert "defense/d0/0" not in resumed.defense_plan() and len(resumed.defense_plan()) == 49
+    resumed.close()
+    assert _count(tmp_path, "image_sets") == 1000  # still held by the other defenses
+
+
+def test_a_plan_stored_row_by_row_by_an_older_version_is_read_and_extended(tmp_path):
+    store = RunStore(tmp_path)
+    store.close()
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:  # the rows an earlier version wrote
+        db.executemany(
+            "INSERT INTO defense_plan VALUES (?, ?, ?)", [("defense/d/0", "d", "a"), ("defense/d/0", "d", "b")]
+        )
+    store = RunStore(tmp_path)
+    store.save_defense_plan([("defense/d/1", "d", ("b", "c"))])  # `b` is planned already: only `c` is new
+    assert store.defense_plan() == {"defense/d/0": ("d", ("a", "b")), "defense/d/1": ("d", ("c",))}
+    store.close()
+
+
 def test_meta_values_survive_reopening(tmp_path):
     store = RunStore(tmp_path)
     assert store.get_meta("settings") is None and store.meta_json("settings") is None
