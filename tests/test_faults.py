@@ -24,6 +24,7 @@ from sandbox import Limits, run_competition
 from sandbox.competition import Events
 from sandbox.errors import HostFault, SandboxError
 from sandbox.runtime.base import LABEL_RUN
+from sandbox.store import RunStore
 from tests.conftest import IN_CI
 from tests.submissions import FIXED_LABEL_DEFENSE, NOOP_ATTACK, write_submission
 from tests.test_competition import folders, options, read_csv
@@ -293,8 +294,10 @@ def test_kills_at_seeded_random_points_then_a_resume_give_identical_scores(tmp_p
         straight_pieces = sorted(row[0] for row in db.execute("SELECT piece_id FROM pieces"))
     with sqlite3.connect(out / "store.sqlite") as db:
         recorded = [row[0] for row in db.execute("SELECT piece_id FROM pieces ORDER BY piece_id")]
-        planned = {row[0] for row in db.execute("SELECT piece_id FROM defense_plan")}
         labels = db.execute("SELECT COUNT(*), COUNT(DISTINCT defense_id || sha256) FROM labels").fetchone()
+    store = RunStore(out)
+    planned = set(store.defense_plan())
+    store.close()
     assert [p for p in recorded if not p.startswith("defense/")] == [
         p for p in straight_pieces if not p.startswith("defense/")
     ]
