@@ -103,43 +103,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
-    """SQLite takes a bounded number of `?` in one statement."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _rows_where_in(db: sqlite3.Connection, query: str, values: Sequence[str], size: int = 500) -> Iterator[tuple]:
+    """The rows of `query`, whose `{}` becomes `IN (?, ...)` over `values`, asked in chunks: SQLite takes a bounded
+    number of `?` in one statement."""
+    values = list(values)
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        yield from db.execute(query.format(f"IN ({','.join('?' * len(chunk))})"), chunk)
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """`write_atomically` for a file written piece by piece (one too large to hold in memory): readers see the old
-    file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
-    """Readers see the old file or the new one, never half of one, also after a full disk or a power cut.
+def atomic_file(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file written under a temporary name and renamed into place: readers see the old file or the new one, never
+    half of one, also after a full disk or a power cut. For a file written piece by piece (one too large to hold
+    in memory); `write_atomically` writes one from bytes.
 
     `durable=False` leaves the flush to the caller (`sync_filesystem` once for many files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -153,6 +137,12 @@ def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
             os.fsync(folder)  # the rename itself survives a power cut
         finally:
             os.close(folder)
+
+
+def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
+    """`atomic_file` for bytes in hand."""
+    with atomic_file(path, durable) as f:
+        f.write(data)
 
 
 def _syncfs():
@@ -326,11 +316,7 @@ class RunStore:
         if image_ids is None:
             rows = self._db.execute("SELECT * FROM adversarial ORDER BY submission_id, image_id").fetchall()
         else:
-            rows = []
-            for chunk in _chunks(list(image_ids)):
-                marks = ",".join("?" * len(chunk))
-                rows += self._db.execute(f"SELECT * FROM adversarial WHERE image_id IN ({marks})", chunk).fetchall()
-            rows.sort(key=lambda r: (r[0], r[1]))
+            rows = sorted(_rows_where_in(self._db, "SELECT * FROM adversarial WHERE image_id {}", image_ids))
         return [AdversarialRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
     def distinct_hashes(self, attack_ids: Sequence[str] | None = None) -> list[str]:
@@ -348,12 +334,8 @@ class RunStore:
         competition's labels are defenses x distinct images: `labels_of` reads them one defense at a time."""
         if shas is None:
             return {(d, s): label for d, s, label in self._db.execute("SELECT defense_id, sha256, label FROM labels")}
-        labels = {}
-        for chunk in _chunks(list(shas)):
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT defense_id, sha256, label FROM labels WHERE sha256 IN ({marks})"
-            labels.update({(d, s): label for d, s, label in self._db.execute(query, chunk)})
-        return labels
+        query = "SELECT defense_id, sha256, label FROM labels WHERE sha256 {}"
+        return {(d, s): label for d, s, label in _rows_where_in(self._db, query, shas)}
 
     def labels_of(self, defense_id: str) -> Iterator[tuple[str, int | None]]:
         """(image hash, label) of every image one defense classified, streamed."""
