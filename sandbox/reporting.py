@@ -22,7 +22,7 @@ from PIL import Image
 
 from sandbox.dataset import DataSet, ImageRecord
 from sandbox.outputs_read import encode_png
-from sandbox.scoring import MISSING, Scores, places, ranking
+from sandbox.scoring import Scores, places, ranking
 from sandbox.store import AdversarialRecord, PieceRecord, RunStore, atomic_file, write_atomically
 from sandbox.timeline import time_profile, worker_timeline
 
@@ -63,11 +63,6 @@ def write_nips_files(out: Path, scores: Scores) -> None:
     write_all_classification(out / "all_classification.csv", scores)
 
 
-CLASSIFICATION_COLUMNS = (
-    "AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel", "TargetClass"
-)  # fmt: skip
-
-
 def write_all_classification(path: Path, scores: Scores) -> None:
     """Every (attack, defense, image) with its predicted label, written as it is made: the NIPS 2017 final's would
     be 83 million rows."""
@@ -77,15 +72,7 @@ def write_all_classification(path: Path, scores: Scores) -> None:
         writer.writerow(
             ["AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel", "TargetClass"]
         )
-        true, target = scores.true_labels.tolist(), scores.target_classes.tolist()
-        for targeted, attack_ids in ((False, scores.attacks), (True, scores.targeted_attacks)):
-            for attack_id in attack_ids:
-                for defense_id in scores.defenses:
-                    predicted = scores.predicted[attack_id, defense_id].tolist()
-                    writer.writerows(
-                        [attack_id, targeted, defense_id, image_id, "" if label == MISSING else label, t, c]
-                        for image_id, label, t, c in zip(scores.image_ids, predicted, true, target, strict=True)
-                    )
+        writer.writerows(scores.classification_rows())  # csv writes None, a missing label, as an empty field
         text.flush()
         text.detach()  # the file stays open for `atomic_file` to flush to disk and rename
 

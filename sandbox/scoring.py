@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,8 +19,9 @@ from sandbox.store import RunStore
 MISSING = -1  # the predicted label of an image with no valid label: none stored yet, or an invalid one
 
 
-@dataclass(frozen=True)
-class Classification:
+class Classification(NamedTuple):
+    """One row of all_classification.csv (a tuple: the NIPS 2017 final has 83 million)."""
+
     attack_id: str
     targeted: bool
     defense_id: str
@@ -43,18 +46,24 @@ class Scores:
     true_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     target_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
-    def classifications(self) -> Iterator[Classification]:
-        """Attack by attack (untargeted ones first), defense by defense, images in data set order."""
+    def classification_rows(self) -> Iterator[tuple]:
+        """Every classification as a plain tuple in `Classification`'s order of fields: attack by attack
+        (untargeted ones first), defense by defense, images in data set order. Tuples made by zip, since
+        all_classification.csv takes 83 million of them at the NIPS 2017 final's size."""
+        true_labels, targets = self.true_labels.tolist(), self.target_classes.tolist()
         for targeted, attack_ids in ((False, self.attacks), (True, self.targeted_attacks)):
             for attack_id in attack_ids:
                 for defense_id in self.defenses:
-                    predicted = self.predicted[attack_id, defense_id].tolist()
-                    for image_id, label, true, target in zip(
-                        self.image_ids, predicted, self.true_labels.tolist(), self.target_classes.tolist(), strict=True
-                    ):
-                        yield Classification(
-                            attack_id, targeted, defense_id, image_id, None if label == MISSING else label, true, target
-                        )
+                    labels = self.predicted[attack_id, defense_id].tolist()
+                    predicted = [None if label == MISSING else label for label in labels]
+                    same = (repeat(attack_id), repeat(targeted), repeat(defense_id))
+                    yield from zip(
+                        *same, self.image_ids, predicted, true_labels, targets, strict=False
+                    )  # repeat: endless
+
+    def classifications(self) -> Iterator[Classification]:
+        """`classification_rows`, with names."""
+        return map(Classification._make, self.classification_rows())
 
     def defense_scores(self) -> dict[str, int]:
         return {d: sum(self.correct[a][d] for a in self.attacks + self.targeted_attacks) for d in self.defenses}
