@@ -172,14 +172,20 @@ def test_an_interrupt_ends_the_run_at_once_and_leaves_nothing_running(tmp_path):
     assert not client.volumes.list(filters={"label": f"{LABEL_RUN}={run_id}"})
 
 
-@pytest.mark.usefixtures("docker_ready")
-def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(tmp_path):
-    """A second `sandbox run --out` on a folder in use would remove the first run's containers as leftovers."""
+def _noop_run(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A 10-image data set and a do-nothing attack: (the data set, `sandbox run` arguments without --dataset/--out)."""
     dataset = make_small_dataset(tmp_path / "data", 10)
     attacks = tmp_path / "a"
     write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    return dataset, ["run", "--attacks", str(attacks)]
+
+
+@pytest.mark.usefixtures("docker_ready")
+def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(tmp_path):
+    """A second `sandbox run --out` on a folder in use would remove the first run's containers as leftovers."""
+    dataset, run = _noop_run(tmp_path)
     out = tmp_path / "run"
-    args = ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--out", str(out)]
+    args = [*run, "--dataset", str(dataset), "--out", str(out)]
     assert CliRunner().invoke(main, args).exit_code == 0
     other = subprocess.Popen(  # holds the folder's lock as a running `sandbox run` does
         [sys.executable, "-c", f"import fcntl, time; f = open({str(out / '.lock')!r}, 'r+'); "
@@ -200,10 +206,8 @@ def test_a_run_folder_in_use_by_another_run_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.usefixtures("docker_ready")
 def test_resume_refuses_other_scoring_settings(tmp_path):
-    dataset = make_small_dataset(tmp_path / "data", 10)
-    attacks = tmp_path / "a"
-    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
-    args = ["run", "--dataset", str(dataset), "--attacks", str(attacks), "--out", str(tmp_path / "run")]
+    dataset, run = _noop_run(tmp_path)
+    args = [*run, "--dataset", str(dataset), "--out", str(tmp_path / "run")]
     assert CliRunner().invoke(main, args).exit_code == 0
     changed = CliRunner().invoke(main, [*args, "--epsilon", "8"])
     assert changed.exit_code == 1 and "the same epsilon" in changed.output
@@ -212,11 +216,9 @@ def test_resume_refuses_other_scoring_settings(tmp_path):
 @pytest.mark.usefixtures("docker_ready")
 def test_resume_refuses_another_data_set_and_report_refuses_a_changed_one(tmp_path):
     """Stored pieces name batches of the data set, not images: a resume on other images would mix two runs."""
-    dataset = make_small_dataset(tmp_path / "data", 10)
-    attacks = tmp_path / "a"
-    write_submission(attacks, "noop", "attack", NOOP_ATTACK)
+    dataset, noop_run = _noop_run(tmp_path)
     run = tmp_path / "run"
-    args = ["run", "--attacks", str(attacks), "--out", str(run)]
+    args = [*noop_run, "--out", str(run)]
     assert CliRunner().invoke(main, [*args, "--dataset", str(dataset)]).exit_code == 0
     other = CliRunner().invoke(main, args)  # the shipped data set: the resume a user types from memory
     assert other.exit_code == 1 and f"resume it with --dataset {dataset}" in other.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import docker
 import pytest
@@ -22,16 +23,20 @@ def anonymous_volumes(client) -> set[str]:
     return {v.name for v in client.volumes.list() if len(v.name) == 64 and not v.name.startswith("sbx-")}
 
 
-@pytest.fixture
-def image_with_a_volume():
+def _built_image(tag: str, dockerfile: str) -> Iterator[str]:
+    """A test image FROM the base image, tagged `tag` while the test runs."""
     client = docker.from_env()
-    # The volume is made writable for the submission's user, as a hostile image would.
-    dockerfile = f"FROM {BASE}\nRUN mkdir /data && chown 65534:65534 /data\nVOLUME /data\n".encode()
-    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True, network_mode="none")
-    tag = "adversarial-sandbox-test/volume:1"
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), rm=True, network_mode="none")
     image.tag(tag)
     yield tag
     client.images.remove(tag, force=True)
+
+
+@pytest.fixture
+def image_with_a_volume():
+    # The volume is made writable for the submission's user, as a hostile image would.
+    dockerfile = f"FROM {BASE}\nRUN mkdir /data && chown 65534:65534 /data\nVOLUME /data\n"
+    yield from _built_image("adversarial-sandbox-test/volume:1", dockerfile)
 
 
 def test_an_image_volume_gets_a_capped_tmpfs_not_the_hosts_disk(tmp_path, small_dataset, image_with_a_volume):
@@ -51,13 +56,7 @@ def test_an_image_volume_gets_a_capped_tmpfs_not_the_hosts_disk(tmp_path, small_
 
 @pytest.fixture
 def image_with_a_volume_inside_code():
-    client = docker.from_env()
-    dockerfile = f"FROM {BASE}\nVOLUME /code/cache\n".encode()
-    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True, network_mode="none")
-    tag = "adversarial-sandbox-test/volume-in-code:1"
-    image.tag(tag)
-    yield tag
-    client.images.remove(tag, force=True)
+    yield from _built_image("adversarial-sandbox-test/volume-in-code:1", f"FROM {BASE}\nVOLUME /code/cache\n")
 
 
 def test_an_image_whose_volume_no_container_can_mount_is_left_out_not_a_host_fault(
